@@ -1,0 +1,242 @@
+"""Frozen timm backbones: `embed(x) = forward_head(forward_features(x), pre_logits=True)`.
+
+The explanation grid is derived from the model, never hard-coded: the finest token stride in
+``model.feature_info`` whose grid is at most ``profile.max_grid`` (ViT-B/16 and Swin-B at 224 px
+both give 14x14 patches of 16 px; the cpu profile's tiny models give 8x8 patches of 4 px).
+In cpu/smoke the suite trains the backbones itself on the upstream set and caches them; in
+paper it loads pretrained weights offline (a file in WEIGHTS_DIR or the Hugging Face cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import BackboneSpec, Profile
+from .data import ImageSet, iter_batches
+from .io import CorruptCheckpoint, checkpoint, load_torch, resume, save_torch
+from .masking import apply_mask
+
+
+def derive_grid(model: nn.Module, img_size: int, max_grid: int) -> tuple[int, int]:
+    """``(G, patch)``: the finest feature stride dividing ``img_size`` with a grid <= ``max_grid``."""
+    reductions = sorted({int(fi["reduction"]) for fi in getattr(model, "feature_info", [])})
+    if not reductions and hasattr(model, "patch_embed"):
+        reductions = [int(model.patch_embed.patch_size[0])]
+    for r in reductions:
+        if img_size % r == 0 and img_size // r <= max_grid:
+            return img_size // r, r
+    raise ValueError(f"no token stride of {type(model).__name__} (strides {reductions}) gives a "
+                     f"grid <= {max_grid} at {img_size} px")
+
+
+class Backbone(nn.Module):
+    """A frozen timm model with its normalisation, grid and the shared removal operator."""
+
+    def __init__(self, model: nn.Module, name: str, img_size: int, mean, std,
+                 max_grid: int = 16, removal_value: float = 0.0):
+        super().__init__()
+        self.model, self.name, self.img_size = model, name, img_size
+        self.removal_value = removal_value
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.grid, self.patch = derive_grid(model, img_size, max_grid)
+        self.embed_dim = int(model.num_features)
+        self.num_classes = int(getattr(model, "num_classes", 0))
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+
+    @property
+    def n_players(self) -> int:
+        return self.grid * self.grid
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw images in [0, 1], ``[B, 1|3, S, S]`` -> normalised 3-channel model input."""
+        if raw.ndim != 4 or raw.shape[1] not in (1, 3):
+            raise ValueError(f"{self.name}: expected raw images [B, 1 or 3, {self.img_size}, "
+                             f"{self.img_size}], got {tuple(raw.shape)}")
+        raw = raw.to(self.mean.device, self.mean.dtype)
+        if raw.shape[1] == 1:
+            raw = raw.expand(-1, 3, -1, -1)
+        if raw.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(f"{self.name}: expected {self.img_size}x{self.img_size} images, got "
+                             f"{tuple(raw.shape[-2:])}")
+        return (raw - self.mean) / self.std
+
+    def check_input(self, x: torch.Tensor) -> None:
+        exp = (3, self.img_size, self.img_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != exp:
+            raise ValueError(f"{self.name}: expected normalised images [B, {exp[0]}, {exp[1]}, "
+                             f"{exp[2]}], got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{self.name}: input images contain NaN or inf")
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logits embedding ``[B, D]`` of normalised images ``[B, 3, S, S]``."""
+        self.check_input(x)
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+    forward = embed
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's own upstream classifier (cpu/smoke: trained by the suite)."""
+        self.check_input(x)
+        return self.model(x)
+
+    def mask(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The shared removal operator on this backbone's grid."""
+        return apply_mask(x, keep, self.grid, self.removal_value)
+
+    @torch.no_grad()
+    def embed_batched(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """`embed` over a large stack of images in chunks (no grad)."""
+        return torch.cat([self.embed(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+
+
+def create_model(spec: BackboneSpec, num_classes: int, weights_dir: str | Path | None = None) -> nn.Module:
+    """The timm model of ``spec``; pretrained specs load their weights offline or fail clearly."""
+    if not timm.is_model(spec.timm_name):
+        raise KeyError(f"unknown timm model {spec.timm_name!r} for backbone {spec.name!r}")
+    if not spec.pretrained:
+        return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **spec.kwargs)
+    path = find_weights(spec, weights_dir)
+    return timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes,
+                             pretrained_cfg_overlay=dict(file=str(path)), **spec.kwargs)
+
+
+def find_weights(spec: BackboneSpec, weights_dir: str | Path | None) -> Path:
+    """Locate pretrained weights offline: WEIGHTS_DIR/<timm_name>.{safetensors,pth,bin}, then the
+    Hugging Face cache. Raises FileNotFoundError naming where to put them."""
+    tried = []
+    if weights_dir:
+        wd = Path(weights_dir)
+        for c in (wd / f"{spec.timm_name}.safetensors", wd / f"{spec.timm_name}.pth",
+                  wd / f"{spec.timm_name}.bin", wd / spec.timm_name / "model.safetensors",
+                  wd / spec.timm_name / "pytorch_model.bin"):
+            tried.append(str(c))
+            if c.is_file():
+                return c
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
+    hub_id = cfg.hf_hub_id if cfg else None
+    if hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for fn in ("model.safetensors", "pytorch_model.bin"):
+                p = try_to_load_from_cache(hub_id.split("@")[0], fn)
+                if isinstance(p, str):
+                    return Path(p)
+        except ImportError:
+            pass
+        tried.append(f"Hugging Face cache ({hub_id})")
+    raise FileNotFoundError(
+        f"pretrained weights for {spec.timm_name!r} ({spec.name}) not found; tried: {', '.join(tried)}. "
+        f"Put them at WEIGHTS_DIR/{spec.timm_name}.safetensors (e.g. on a machine with internet: "
+        f"timm.create_model('{spec.timm_name}', pretrained=True) and save its state_dict), "
+        "or populate the Hugging Face cache.")
+
+
+def wrap(model: nn.Module, spec: BackboneSpec, profile: Profile) -> Backbone:
+    mean = profile.mean or model.pretrained_cfg.get("mean", (0.5, 0.5, 0.5))
+    std = profile.std or model.pretrained_cfg.get("std", (0.5, 0.5, 0.5))
+    bb = Backbone(model, spec.name, profile.img_size, mean, std, profile.max_grid, profile.removal_value)
+    bb.eval().requires_grad_(False)
+    return bb
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random flips and shifts of up to 2 px (zero fill = mean colour in normalised space)."""
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+    dx, dy = torch.randint(-2, 3, (2,), generator=gen).tolist()
+    return torch.roll(F.pad(x, (2, 2, 2, 2)), (dy, dx), (-2, -1))[..., 2:-2, 2:-2]
+
+
+def train_backbone(bb: Backbone, train: ImageSet, profile: Profile, ckpt: Path, seed: int,
+                   device: torch.device) -> list[dict]:
+    """Supervised training of ``bb`` on the upstream set; resumes from ``ckpt`` per epoch."""
+    cfg = profile.backbone_train
+    model = bb.model
+    model.train().requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = min(cfg.n_images, len(train))
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total, pct_start=0.1)
+    objs = {"model": model, "opt": opt, "sched": sched}
+    part = ckpt.with_suffix(".partial.pt")
+    state = resume(part, objs) or {"epoch": 0, "history": []}
+    for epoch in range(state["epoch"], cfg.epochs):
+        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        idx = torch.randperm(len(train), generator=gen)[:n]
+        tot, correct, seen = 0.0, 0, 0
+        bar = tqdm(iter_batches(train, cfg.batch_size, idx), total=steps_per_epoch,
+                   desc=f"{bb.name} epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        for raw, y, _ in bar:
+            x = _augment(bb.normalize(raw.to(device)), gen)
+            y = y.to(device)
+            out = model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            seen += len(y)
+        state["history"].append({"epoch": epoch + 1, "loss": tot / seen, "train_acc": correct / seen})
+        state["epoch"] = epoch + 1
+        checkpoint(part, objs, **state)
+    model.eval().requires_grad_(False)
+    save_torch({"model": model.state_dict(), "history": state["history"]}, ckpt)
+    if part.exists():
+        part.unlink()
+    return state["history"]
+
+
+@torch.no_grad()
+def evaluate_accuracy(bb: Backbone, ds: ImageSet, batch_size: int, device: torch.device) -> float:
+    """Top-1 accuracy of the backbone's own classifier on ``ds``."""
+    correct = 0
+    for raw, y, _ in iter_batches(ds, batch_size):
+        correct += (bb.logits(bb.normalize(raw.to(device))).argmax(1).cpu() == y).sum().item()
+    return correct / len(ds)
+
+
+def obtain_backbone(profile: Profile, name: str, ckpt_dir: Path, device: torch.device, seed: int,
+                    weights_dir: str | Path | None = None, upstream: ImageSet | None = None,
+                    num_classes: int | None = None) -> tuple[Backbone, list[dict]]:
+    """The profile's backbone ``name``: pretrained (paper) or trained once on upstream and cached.
+
+    A cached checkpoint is reused when its config digest matches; a corrupted one is reported
+    and retrained. Returns the frozen backbone and its training history ([] when pretrained).
+    """
+    spec = profile.backbone(name)
+    n_cls = num_classes if num_classes is not None else (len(upstream.classes) if upstream else 0)
+    model = create_model(spec, n_cls, weights_dir)
+    bb = wrap(model, spec, profile).to(device)
+    if spec.pretrained:
+        return bb, []
+    key = profile.digest("img_size", "backbone_train", "mean", "std")
+    spec_key = hashlib.sha1(repr((spec, seed, key)).encode()).hexdigest()[:10]
+    ckpt = Path(ckpt_dir) / f"backbone_{name}_{spec_key}.pt"
+    if ckpt.exists():
+        try:
+            s = load_torch(ckpt)
+            bb.model.load_state_dict(s["model"])
+            return bb, s["history"]
+        except (CorruptCheckpoint, KeyError, RuntimeError) as e:
+            print(f"warning: {e}; retraining {name}")
+            ckpt.unlink()
+    if upstream is None:
+        raise ValueError(f"backbone {name!r} is not cached at {ckpt}; pass the upstream set to train it")
+    torch.manual_seed(seed)
+    bb.model.load_state_dict(create_model(spec, n_cls).state_dict())  # seeded init
+    hist = train_backbone(bb, upstream, profile, ckpt, seed, device)
+    return bb, hist

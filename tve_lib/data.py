@@ -1,0 +1,409 @@
+"""Image sets: the upstream (pre-training) set and three downstream tasks per profile.
+
+Images leave this module as raw float tensors in [0, 1] at the profile's input size,
+``[N, C, S, S]`` (C = 1 or 3); a backbone normalises them (`Backbone.normalize`). Task 3 of the
+cpu profile carries a pixel mask of its known relevant region, ``[N, S, S]`` bool.
+
+Sources (offline first):
+- Fashion-MNIST: the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``)
+  or ``DATA_DIR/fashion-mnist``, else torchvision's download when online, else a clear error.
+- digits: scikit-learn's bundled copy.
+- paper: torchvision's Oxford-IIIT Pet, Imagenette and CIFAR-10 under ``DATA_DIR`` (never
+  downloaded here), and an ImageFolder upstream set.
+- ``folder:/path``: any ImageFolder (with ``train/`` and ``test/`` sub-folders, or split 70/30).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Profile
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+# cpu task 3: the label is the class of the one item from these classes, among "top" distractors
+MOSAIC_TARGETS = (1, 8, 9)  # Trouser, Bag, Ankle boot
+MOSAIC_DISTRACTORS = (0, 2, 4, 6)  # T-shirt, Pullover, Coat, Shirt
+BINARY_CLASSES = (7, 9)  # Sneaker vs Ankle boot: two kinds of one thing, like cats vs dogs
+
+
+class ImageSet:
+    """A finite set of images with labels (and optionally region masks) of one size."""
+
+    name: str
+    classes: list[str]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def labels(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def has_masks(self) -> bool:
+        return False
+
+    def get(self, idx: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Images ``[n, C, S, S]`` in [0, 1], labels ``[n]``, masks ``[n, S, S]`` or None."""
+        raise NotImplementedError
+
+    def subset(self, idx: torch.Tensor | Sequence[int]) -> ImageSet:
+        return SubsetImageSet(self, torch.as_tensor(idx, dtype=torch.long))
+
+
+class TensorImageSet(ImageSet):
+    """An in-memory image set."""
+
+    def __init__(self, name: str, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                 masks: torch.Tensor | None = None):
+        if images.ndim != 4:
+            raise ValueError(f"{name}: images must be [N, C, H, W], got {tuple(images.shape)}")
+        if len(images) == 0:
+            raise ValueError(f"{name}: image set is empty")
+        self.name, self.images, self._labels, self.classes, self.masks = (
+            name, images, labels.long(), classes, masks)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._labels
+
+    @property
+    def has_masks(self) -> bool:
+        return self.masks is not None
+
+    def get(self, idx):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        m = self.masks[idx] if self.masks is not None else None
+        return self.images[idx], self._labels[idx], m
+
+
+class SubsetImageSet(ImageSet):
+    def __init__(self, base: ImageSet, idx: torch.Tensor):
+        self.base, self.idx = base, idx
+        self.name, self.classes = base.name, base.classes
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.base.labels[self.idx]
+
+    @property
+    def has_masks(self) -> bool:
+        return self.base.has_masks
+
+    def get(self, idx):
+        return self.base.get(self.idx[torch.as_tensor(idx, dtype=torch.long)])
+
+
+class VisionDatasetImageSet(ImageSet):
+    """A torchvision dataset (PIL images) resized and centre-cropped to ``size`` on access."""
+
+    def __init__(self, name: str, dataset, labels: Sequence[int], classes: list[str], size: int):
+        from torchvision import transforms
+
+        if len(dataset) == 0:
+            raise ValueError(f"{name}: image set is empty")
+        self.name, self.dataset, self.classes = name, dataset, classes
+        self._labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
+                                      transforms.ToTensor()])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._labels
+
+    def get(self, idx):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        imgs = []
+        for i in idx.tolist():
+            img = self.dataset[i][0]
+            img = img.convert("RGB") if hasattr(img, "convert") else img
+            imgs.append(self.tf(img))
+        return torch.stack(imgs), self._labels[idx], None
+
+
+@dataclass
+class Task:
+    """A downstream task: train and test splits of one label space."""
+
+    name: str
+    train: ImageSet
+    test: ImageSet
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def has_regions(self) -> bool:
+        return self.test.has_masks
+
+
+def iter_batches(ds: ImageSet, batch_size: int, indices: torch.Tensor | None = None,
+                 shuffle: bool = False, generator: torch.Generator | None = None,
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Yield ``(images, labels, masks)`` batches of ``ds`` (optionally of ``indices`` only)."""
+    idx = torch.arange(len(ds)) if indices is None else torch.as_tensor(indices)
+    if shuffle:
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+    for s in range(0, len(idx), batch_size):
+        yield ds.get(idx[s:s + batch_size])
+
+
+# ----------------------------------------------------------------------------- sources
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fashion_mnist_dir(data_dir: str | Path | None = None) -> Path:
+    """Where the Fashion-MNIST IDX files are: ``DATA_DIR/fashion-mnist`` or Debian's folder."""
+    cands = []
+    if data_dir:
+        cands += [Path(data_dir) / "fashion-mnist", Path(data_dir)]
+    cands.append(DEBIAN_FASHION)
+    for c in cands:
+        if (c / "train-images-idx3-ubyte.gz").exists():
+            return c
+    return Path()
+
+
+def load_fashion_mnist(split: str, data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST ``split`` ('train' | 'test') as uint8 ``[N, 28, 28]`` and labels."""
+    prefix = {"train": "train", "test": "t10k"}[split]
+    d = fashion_mnist_dir(data_dir)
+    if d != Path():
+        x = _read_idx(d / f"{prefix}-images-idx3-ubyte.gz")
+        y = _read_idx(d / f"{prefix}-labels-idx1-ubyte.gz")
+        return torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))
+    root = Path(data_dir or "data")
+    try:  # online fallback
+        from torchvision.datasets import FashionMNIST
+
+        ds = FashionMNIST(str(root), train=(split == "train"), download=True)
+        return ds.data, ds.targets
+    except Exception as e:
+        raise FileNotFoundError(
+            "Fashion-MNIST not found. Expected train-images-idx3-ubyte.gz etc. in "
+            f"{DEBIAN_FASHION} (as root on Debian: apt-get install dataset-fashion-mnist) or in "
+            f"DATA_DIR/fashion-mnist; the torchvision download into {root} failed too ({e})."
+        ) from None
+
+
+def _to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0).unsqueeze(1)
+
+
+def _fit(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``[N, C, h, w]`` to ``size``: centre-pad when only slightly smaller, else resample."""
+    h = images.shape[-1]
+    if h == size:
+        return images
+    if h < size and size - h <= h // 4:
+        p = size - h
+        return F.pad(images, (p // 2, p - p // 2, p // 2, p - p // 2))
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=h > size).clamp_(0, 1)
+
+
+def _split(n: int, n_train: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    perm = rng.permutation(n)
+    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+
+
+def load_upstream(profile: Profile, data_dir: str | Path | None = None) -> tuple[ImageSet, ImageSet]:
+    """The upstream set's (train, validation) split: backbones and explainers train on it only."""
+    if profile.upstream == "fashion_mnist":
+        x, y = load_fashion_mnist("train", data_dir)
+        full = TensorImageSet("fashion_mnist", _fit(_to_float(x), profile.img_size), y,
+                              FASHION_CLASSES)
+    elif profile.upstream == "imagefolder":
+        full = _imagefolder("upstream", _upstream_folder(data_dir), profile.img_size)
+    else:
+        raise KeyError(f"unknown upstream set {profile.upstream!r}")
+    n_val = min(profile.n_upstream_val, len(full) // 5)
+    rng = np.random.default_rng(0)
+    tr, va = _split(len(full), len(full) - n_val, rng)
+    return full.subset(tr), full.subset(va)
+
+
+def upstream_test(profile: Profile, data_dir: str | Path | None = None) -> ImageSet:
+    """The upstream test split (cpu/smoke: Fashion-MNIST test), for backbone accuracy."""
+    if profile.upstream != "fashion_mnist":
+        return load_upstream(profile, data_dir)[1]
+    x, y = load_fashion_mnist("test", data_dir)
+    return TensorImageSet("fashion_mnist", _fit(_to_float(x), profile.img_size), y, FASHION_CLASSES)
+
+
+def _upstream_folder(data_dir: str | Path | None) -> Path:
+    base = Path(data_dir or "data")
+    for c in (base / "imagenet" / "train", base / "imagenette" / "train", base / "upstream"):
+        if c.is_dir():
+            return c
+    raise FileNotFoundError(
+        f"paper profile: no upstream ImageFolder found. Put ImageNet-1k train at {base}/imagenet/train "
+        f"(or Imagenette train at {base}/imagenette/train, or any ImageFolder at {base}/upstream).")
+
+
+def _imagefolder(name: str, root: Path, size: int) -> ImageSet:
+    from torchvision.datasets import ImageFolder
+
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"{name}: folder {root} does not exist (expected an ImageFolder: "
+                                "one sub-folder of images per class)")
+    try:
+        ds = ImageFolder(str(root))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise FileNotFoundError(f"{name}: {root} is not a usable ImageFolder ({e}); expected one "
+                                "sub-folder per class containing .png/.jpg images") from None
+    return VisionDatasetImageSet(name, ds, ds.targets, list(ds.classes), size)
+
+
+# ----------------------------------------------------------------------------- tasks
+def _fashion_pools(data_dir) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST test split halves: one for the binary task, one for the mosaics."""
+    x, y = load_fashion_mnist("test", data_dir)
+    return x[:5000], y[:5000], x[5000:], y[5000:]
+
+
+def make_fashion_binary(profile: Profile, data_dir=None, seed: int = 0) -> Task:
+    """Sneaker vs Ankle boot on held-out Fashion-MNIST images (the cats-vs-dogs analogue)."""
+    x, y, _, _ = _fashion_pools(data_dir)
+    keep = (y == BINARY_CLASSES[0]) | (y == BINARY_CLASSES[1])
+    x, y = _fit(_to_float(x[keep]), profile.img_size), (y[keep] == BINARY_CLASSES[1]).long()
+    tr, te = _split(len(x), int(0.6 * len(x)), np.random.default_rng(seed))
+    names = [FASHION_CLASSES[c] for c in BINARY_CLASSES]
+    return Task("fashion_binary", TensorImageSet("fashion_binary", x[tr], y[tr], names),
+                TensorImageSet("fashion_binary", x[te], y[te], names), names)
+
+
+def make_digits(profile: Profile, data_dir=None, seed: int = 0) -> Task:
+    """scikit-learn's 8x8 handwritten digits, upsampled: a domain the explainer never saw."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images).float().div(16.0).unsqueeze(1)
+    x = _fit(x, profile.img_size)
+    y = torch.from_numpy(d.target).long()
+    tr, te = _split(len(x), 1000, np.random.default_rng(seed))
+    names = [str(i) for i in range(10)]
+    return Task("digits", TensorImageSet("digits", x[tr], y[tr], names),
+                TensorImageSet("digits", x[te], y[te], names), names)
+
+
+def make_fashion_mosaic(profile: Profile, data_dir=None, seed: int = 0, n: int = 2000) -> Task:
+    """2x2 mosaics of held-out items; the label is the class of the one non-top item.
+
+    Three quadrants hold tops (T-shirt, Pullover, Coat, Shirt); one holds a Trouser, Bag or
+    Ankle boot, which decides the label. Its quadrant is the known relevant region (mask).
+    """
+    _, _, x, y = _fashion_pools(data_dir)
+    rng = np.random.default_rng(seed + 1)
+    s = profile.img_size
+    q = s // 2
+    items = _fit(_to_float(x), q)
+    tgt_pool = [np.flatnonzero((y == c).numpy()) for c in MOSAIC_TARGETS]
+    dis_pool = np.flatnonzero(np.isin(y.numpy(), MOSAIC_DISTRACTORS))
+    labels = rng.integers(0, len(MOSAIC_TARGETS), n)
+    where = rng.integers(0, 4, n)
+    imgs = torch.zeros(n, 1, s, s)
+    masks = torch.zeros(n, s, s, dtype=torch.bool)
+    for k in range(4):
+        r, c = divmod(k, 2)
+        is_t = where == k
+        src = np.where(is_t, [rng.choice(tgt_pool[lab]) for lab in labels],
+                       rng.choice(dis_pool, n))
+        imgs[:, :, r * q:(r + 1) * q, c * q:(c + 1) * q] = items[torch.from_numpy(src)]
+        masks[torch.from_numpy(is_t), r * q:(r + 1) * q, c * q:(c + 1) * q] = True
+    y_t = torch.from_numpy(labels).long()
+    names = [FASHION_CLASSES[c] for c in MOSAIC_TARGETS]
+    tr, te = _split(n, int(0.6 * n), rng)
+    return Task("fashion_mosaic",
+                TensorImageSet("fashion_mosaic", imgs[tr], y_t[tr], names, masks[tr]),
+                TensorImageSet("fashion_mosaic", imgs[te], y_t[te], names, masks[te]), names)
+
+
+def _paper_dataset(name: str, root: Path, train: bool):
+    from torchvision import datasets
+
+    if name == "cifar10":
+        ds = datasets.CIFAR10(str(root), train=train, download=False)
+        return ds, ds.targets, list(ds.classes)
+    if name == "pets_binary":
+        ds = datasets.OxfordIIITPet(str(root), split="trainval" if train else "test",
+                                    target_types="binary-category", download=False)
+        return ds, ds._bin_labels, ["cat", "dog"]
+    if name == "imagenette":
+        ds = datasets.Imagenette(str(root), split="train" if train else "val", download=False)
+        return ds, [s[1] for s in ds._samples], [c[0] for c in ds.classes]
+    raise KeyError(name)
+
+
+PAPER_HINTS = {
+    "cifar10": "torchvision.datasets.CIFAR10(DATA_DIR, download=True) (creates cifar-10-batches-py/)",
+    "pets_binary": "torchvision.datasets.OxfordIIITPet(DATA_DIR, download=True) (creates oxford-iiit-pet/)",
+    "imagenette": "torchvision.datasets.Imagenette(DATA_DIR, download=True) (creates imagenette2/)",
+}
+
+
+def make_paper_task(name: str, profile: Profile, data_dir=None, seed: int = 0) -> Task:
+    root = Path(data_dir or "data")
+    try:
+        tr, ytr, classes = _paper_dataset(name, root, True)
+        te, yte, _ = _paper_dataset(name, root, False)
+    except RuntimeError as e:
+        raise FileNotFoundError(f"task {name!r}: dataset not found under {root} ({e}). On a machine "
+                                f"with internet run {PAPER_HINTS[name]}, then copy it there.") from None
+    return Task(name, VisionDatasetImageSet(name, tr, ytr, classes, profile.img_size),
+                VisionDatasetImageSet(name, te, yte, classes, profile.img_size), classes)
+
+
+def make_folder_task(path: str | Path, profile: Profile, seed: int = 0) -> Task:
+    """A user ImageFolder: ``path/train`` + ``path/test``, or one folder split 70/30 by ``seed``."""
+    path = Path(path)
+    name = f"folder:{path}"
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        tr = _imagefolder(name, path / "train", profile.img_size)
+        te = _imagefolder(name, path / "test", profile.img_size)
+        return Task(name, tr, te, tr.classes)
+    full = _imagefolder(name, path, profile.img_size)
+    a, b = _split(len(full), int(0.7 * len(full)), np.random.default_rng(seed))
+    return Task(name, full.subset(a), full.subset(b), full.classes)
+
+
+TASKS = {"fashion_binary": make_fashion_binary, "digits": make_digits,
+         "fashion_mosaic": make_fashion_mosaic}
+
+
+def load_task(name: str, profile: Profile, data_dir: str | Path | None = None, seed: int = 0) -> Task:
+    """A downstream task by name: a cpu task, a paper task, or ``folder:/path``."""
+    if name.startswith("folder:"):
+        return make_folder_task(os.path.expanduser(name[len("folder:"):]), profile, seed)
+    if name in TASKS:
+        return TASKS[name](profile, data_dir, seed)
+    if name in PAPER_HINTS:
+        return make_paper_task(name, profile, data_dir, seed)
+    raise KeyError(f"unknown task {name!r}; expected one of: {', '.join([*TASKS, *PAPER_HINTS])} "
+                   "or 'folder:/path/to/imagefolder'")

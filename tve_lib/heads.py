@@ -1,0 +1,75 @@
+"""Downstream heads `h` trained on frozen embeddings: a linear probe and a 2-layer MLP."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import HeadTrain
+
+HEAD_KINDS = ("linear", "mlp")
+
+
+def make_head(kind: str, in_dim: int, num_classes: int, hidden: int = 128) -> nn.Module:
+    """A head of ``kind`` ('linear' | 'mlp') mapping ``[.., in_dim]`` to ``[.., num_classes]``."""
+    if kind == "linear":
+        return nn.Linear(in_dim, num_classes)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, num_classes))
+    raise KeyError(f"unknown head kind {kind!r}; expected one of: {', '.join(HEAD_KINDS)}")
+
+
+def head_in_features(head: nn.Module) -> int:
+    """Input width of a head: its first Linear layer's ``in_features``."""
+    for m in head.modules():
+        if isinstance(m, nn.Linear):
+            return m.in_features
+    raise ValueError("head has no nn.Linear layer: cannot tell its input size")
+
+
+def check_head(head: nn.Module, embed_dim: int) -> None:
+    """Raise if the head's input size differs from the backbone's embedding size."""
+    d = head_in_features(head)
+    if d != embed_dim:
+        raise ValueError(f"head expects {d}-dim inputs but the backbone's embedding is "
+                         f"{embed_dim}-dim: train the head on this backbone's embeddings")
+
+
+def last_linear(head: nn.Module) -> nn.Linear:
+    """The head's last Linear layer (what the official TVE code applies)."""
+    lin = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not lin:
+        raise ValueError("head has no nn.Linear layer")
+    return lin[-1]
+
+
+def train_head(emb: torch.Tensor, labels: torch.Tensor, kind: str, num_classes: int,
+               cfg: HeadTrain, seed: int) -> tuple[nn.Module, list[float]]:
+    """Train a head on embeddings with AdamW and a cosine schedule; returns (head, epoch losses)."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = make_head(kind, emb.shape[1], num_classes, cfg.mlp_hidden).to(emb.device)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    steps = cfg.epochs * max(1, -(-len(emb) // cfg.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    losses = []
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(len(emb), generator=g).to(emb.device)
+        tot = 0.0
+        for s in range(0, len(emb), cfg.batch_size):
+            i = perm[s:s + cfg.batch_size]
+            loss = F.cross_entropy(head(emb[i]), labels[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item() * len(i)
+        losses.append(tot / len(emb))
+    head.eval().requires_grad_(False)
+    return head, losses
+
+
+@torch.no_grad()
+def head_accuracy(head: nn.Module, emb: torch.Tensor, labels: torch.Tensor) -> float:
+    return (head(emb).argmax(1) == labels).float().mean().item()

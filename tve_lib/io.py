@@ -1,0 +1,165 @@
+"""Atomic writes, tidy CSVs and provenance (`run.json`).
+
+Everything the suite writes goes through a temporary file and `os.replace`, so an interrupted
+run never leaves a half-written checkpoint or CSV behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """`torch.save` atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint file exists but cannot be read (truncated or not a checkpoint)."""
+
+
+def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load` that turns any read failure into `CorruptCheckpoint` naming the file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated zip, pickle errors, ...
+        raise CorruptCheckpoint(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                                "delete it to retrain") from e
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a tidy CSV atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def upsert_csv(df: pd.DataFrame, path: str | Path, keys: list[str]) -> pd.DataFrame:
+    """Merge ``df`` into the CSV at ``path``: rows sharing ``keys`` values with ``df`` are replaced.
+
+    Lets several notebooks append their methods to one shared CSV (e.g. fidelity/summary.csv)
+    and lets a rerun replace its own rows instead of duplicating them.
+    """
+    path = Path(path)
+    if path.exists():
+        old = pd.read_csv(path)
+        for k in keys:
+            if k not in old.columns:
+                old[k] = pd.NA
+        new_keys = set(map(tuple, df[keys].astype(str).values.tolist()))
+        keep = [tuple(r) not in new_keys for r in old[keys].astype(str).values.tolist()]
+        df = pd.concat([old[keep], df], ignore_index=True)
+    write_csv(df, path)
+    return df
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, default=str))
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """Current commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
+    cwd = Path(repo or Path(__file__).resolve().parent.parent)
+    try:
+        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=cwd, text=True,
+                                      stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"],
+                                        cwd=cwd, text=True, stderr=subprocess.DEVNULL).strip()
+        return sha + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+PACKAGES = ("torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "captum",
+            "papermill", "seaborn", "matplotlib")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def device_info(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Device name and thread count, so every result says where it was measured."""
+    device = torch.device(device)
+    info: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(),
+                            "cpu": platform.processor() or platform.machine()}
+    if device.type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def provenance(parameters: dict[str, Any], seed: int, device: str, wall_s: float | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """The `run.json` record: commit, versions, device, parameters, seed, wall time."""
+    return {
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "device": device_info(device),
+        "parameters": parameters,
+        "seed": seed,
+        "wall_time_s": wall_s,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+
+
+def resume(partial: str | Path, objects: dict[str, Any]) -> dict[str, Any] | None:
+    """Restore ``objects`` (name -> has ``load_state_dict``) from an epoch checkpoint.
+
+    Returns the checkpoint's remaining entries (epoch, history, ...) or None when there is
+    nothing usable; a corrupted partial checkpoint is deleted so training restarts cleanly.
+    """
+    partial = Path(partial)
+    if not partial.exists():
+        return None
+    try:
+        s = load_torch(partial)
+        for k, obj in objects.items():
+            obj.load_state_dict(s[k])
+    except (CorruptCheckpoint, KeyError, RuntimeError, ValueError) as e:
+        print(f"warning: cannot resume from {partial} ({e}); starting over")
+        partial.unlink()
+        return None
+    return {k: v for k, v in s.items() if k not in objects}
+
+
+def checkpoint(partial: str | Path, objects: dict[str, Any], **extra: Any) -> None:
+    """Atomically save ``objects``' state dicts and ``extra`` (the counterpart of `resume`)."""
+    save_torch({**{k: o.state_dict() for k, o in objects.items()}, **extra}, partial)
