@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# tve-suite: provision the environment, then run every notebook (default) or the tests.
+#   ./run_all.sh [--profile smoke|cpu|paper] [--only NN ...] [--keep-going] [--force] [--figures-only]
+#   ./run_all.sh --tests [pytest args]      # the test suite (what CI runs)
+# Environment: TVE_VENV (default .venv), DATA_DIR, WEIGHTS_DIR, DEVICE (auto|cpu|cuda).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${TVE_VENV:-.venv}"
+
+provision() {
+  local py="$VENV/bin/python"
+  if ! "$py" -c "import torch, torchvision, timm, papermill, captum, seaborn, sklearn, ipykernel, ipywidgets, tve_lib" 2>/dev/null; then
+    echo "[setup] creating $VENV (first run takes a few minutes)"
+    python3 -m venv "$VENV"
+    case "$(uname -m)" in
+      x86_64) torch_pins="torch==2.14.1 torchvision==0.29.1" ;;
+      aarch64|arm64) torch_pins="torch==2.9.1 torchvision==0.24.1" ;;
+      *) torch_pins="torch torchvision" ;;
+    esac
+    "$VENV/bin/pip" install -q --upgrade pip
+    # shellcheck disable=SC2086
+    "$VENV/bin/pip" install -q $torch_pins
+    "$VENV/bin/pip" install -q -r requirements.txt
+    "$VENV/bin/pip" install -q --no-deps -e .
+  fi
+  # the kernel papermill runs (-k python3) is this venv's interpreter
+  "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (tve-suite)" >/dev/null
+  if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ "$(id -u)" = 0 ] \
+     && command -v apt-get >/dev/null; then
+    echo "[setup] installing Debian's dataset-fashion-mnist"
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) || \
+      (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) || \
+      echo "[setup] warning: could not install dataset-fashion-mnist; set DATA_DIR to a folder with fashion-mnist/"
+  fi
+}
+
+if [ "${1:-}" = "--tests" ]; then
+  shift
+  provision
+  exec "$VENV/bin/python" -m pytest -q "$@"
+fi
+if [ "${1:-}" = "--setup-only" ]; then provision; exit 0; fi
+
+provision
+export PYTHONUNBUFFERED=1
+exec "$VENV/bin/python" -m tve_lib.runner --data-dir "${DATA_DIR:-}" --weights-dir "${WEIGHTS_DIR:-}" \
+  --device "${DEVICE:-auto}" "$@"
