@@ -162,12 +162,12 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def _set_dotted(obj: Any, key: str, value: Any) -> Any:
+def _set_dotted(obj: Any, key: str, value: Any, full: str = "") -> Any:
     head, _, rest = key.partition(".")
     if not dataclasses.is_dataclass(obj) or head not in {f.name for f in dataclasses.fields(obj)}:
-        raise KeyError(f"unknown profile field {key!r}")
+        raise KeyError(f"unknown profile field {(full or key)!r}")
     if rest:
-        value = _set_dotted(getattr(obj, head), rest, value)
+        value = _set_dotted(getattr(obj, head), rest, value, full or key)
     elif isinstance(getattr(obj, head), tuple) and isinstance(value, list):
         value = tuple(value)
     return dataclasses.replace(obj, **{head: value})

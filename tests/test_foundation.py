@@ -1,0 +1,272 @@
+"""Profiles, data, backbones, heads, the removal operator, checkpoints and bad input."""
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_backbone
+
+from tve_lib import data as data_mod
+from tve_lib.backbones import Backbone, create_model, derive_grid, find_weights, obtain_backbone, wrap
+from tve_lib.config import BackboneSpec, get_profile
+from tve_lib.heads import check_head, make_head, train_head
+from tve_lib.io import CorruptCheckpoint, load_torch, save_torch, upsert_csv
+from tve_lib.masking import apply_mask, pool_map, top_k_mask, windows
+from tve_lib.suite import Suite
+
+
+# ----------------------------------------------------------------------------- profiles
+def test_unknown_profile_backbone_task_names(smoke):
+    with pytest.raises(KeyError, match="unknown profile 'nope'.*smoke"):
+        get_profile("nope")
+    with pytest.raises(KeyError, match="unknown backbone 'resnet'.*vit, deit, swin"):
+        smoke.backbone("resnet")
+    with pytest.raises(KeyError, match="unknown task 'cats'"):
+        data_mod.load_task("cats", smoke)
+    with pytest.raises(KeyError, match="unknown profile field 'tve.nope'"):
+        get_profile("smoke", {"tve.nope": 1})
+
+
+def test_overrides_are_dotted_and_change_the_digest():
+    a = get_profile("smoke")
+    b = get_profile("smoke", {"tve.epochs": 7, "eval.sparsities": [0.0, 0.5]})
+    assert b.tve.epochs == 7 and b.eval.sparsities == (0.0, 0.5)
+    assert a.digest("tve") != b.digest("tve") and a.digest("backbones") == b.digest("backbones")
+
+
+# ----------------------------------------------------------------------------- backbones
+@pytest.mark.parametrize("name,prefix", [("vit", 1), ("deit", 2), ("swin", 0)])
+def test_tiny_backbone_shapes_and_grid(name, prefix):
+    bb = tiny_backbone(name)
+    assert (bb.grid, bb.patch) == (8, 4)
+    assert bb.num_prefix_tokens == prefix
+    x = torch.randn(3, 3, 32, 32)
+    assert bb.embed(x).shape == (3, bb.embed_dim)
+
+
+@pytest.mark.parametrize("timm_name,grid,patch", [
+    ("vit_base_patch16_224", 14, 16), ("deit_base_distilled_patch16_224", 14, 16),
+    ("swin_base_patch4_window7_224", 14, 16)])
+def test_paper_grids_derived_from_model_config(timm_name, grid, patch):
+    import timm
+
+    with torch.device("meta"):
+        m = timm.create_model(timm_name, pretrained=False)
+    assert derive_grid(m, 224, 16) == (grid, patch)
+
+
+def test_embed_rejects_wrong_channels_size_and_nans():
+    bb = tiny_backbone("vit")
+    with pytest.raises(ValueError, match=r"expected normalised images \[B, 3, 32, 32\]"):
+        bb.embed(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\], got \(2, 3, 28, 28\)"):
+        bb.embed(torch.randn(2, 3, 28, 28))
+    x = torch.randn(2, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        bb.embed(x)
+    with pytest.raises(ValueError, match="expected 32x32"):
+        bb.normalize(torch.rand(2, 1, 28, 28))
+
+
+def test_head_embedding_mismatch_is_reported():
+    bb = tiny_backbone("vit")
+    check_head(make_head("mlp", bb.embed_dim, 3), bb.embed_dim)
+    with pytest.raises(ValueError, match=f"head expects 7-dim inputs but the backbone's embedding is {bb.embed_dim}"):
+        check_head(make_head("linear", 7, 3), bb.embed_dim)
+    with pytest.raises(KeyError, match="unknown head kind"):
+        make_head("conv", 4, 2)
+
+
+# ----------------------------------------------------------------------------- removal operator
+def test_removal_operator_exact_pixels():
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    keep = torch.ones(2, 64, dtype=torch.bool)
+    keep[0, 9] = False  # row 1, col 1 of the 8x8 grid: pixels 4..7 x 4..7
+    y = apply_mask(x, keep, 8)
+    assert torch.equal(y[1], x[1])
+    assert (y[0, :, 4:8, 4:8] == 0).all()
+    ref = x[0].clone()
+    ref[:, 4:8, 4:8] = 0
+    assert torch.equal(y[0], ref)
+    assert (apply_mask(x, torch.zeros(64), 8) == 0).all()
+    assert torch.equal(apply_mask(x, torch.zeros(64), 8, removal_value=0.5), torch.full_like(x, 0.5))
+    # K masks per image and soft masks blend toward the removal value
+    assert apply_mask(x, keep.unsqueeze(1).expand(2, 5, 64), 8).shape == (2, 5, 3, 32, 32)
+    half = apply_mask(x, torch.full((2, 64), 0.5, dtype=torch.float64), 8)
+    assert torch.allclose(half, x / 2)
+
+
+def test_windows_are_clipped_chebyshev_balls():
+    w = windows(8, 1)
+    assert w.shape == (64, 64) and w.diagonal().all()
+    counts = w.sum(1).view(8, 8)
+    assert counts[0, 0] == 4 and counts[0, 3] == 6 and counts[3, 3] == 9
+    assert torch.equal(w, w.T)
+    assert windows(14, 2).sum(1).max() == 25
+
+
+def test_pool_map_and_top_k():
+    a = torch.full((1, 8, 8), 3.0)
+    assert torch.allclose(pool_map(a, 2), a)
+    s = torch.tensor([[0.1, 0.9, 0.5, 0.9]])
+    assert top_k_mask(s, 2).tolist() == [[False, True, False, True]]
+
+
+# ----------------------------------------------------------------------------- data
+def test_tasks_are_deterministic_and_have_regions(smoke):
+    t1 = data_mod.load_task("fashion_mosaic", smoke)
+    t2 = data_mod.load_task("fashion_mosaic", smoke)
+    x1, y1, m1 = t1.test.get([0, 1, 2])
+    x2, y2, m2 = t2.test.get([0, 1, 2])
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(m1, m2)
+    assert t1.has_regions and m1.shape == (3, 32, 32)
+    assert (m1.flatten(1).sum(1) == 16 * 16).all()  # one quadrant
+    d = data_mod.load_task("digits", smoke)
+    assert d.num_classes == 10 and d.train.get([0])[0].shape == (1, 1, 32, 32)
+    b = data_mod.load_task("fashion_binary", smoke)
+    assert set(b.test.labels.tolist()) == {0, 1}
+
+
+def test_upstream_and_downstream_are_disjoint(smoke):
+    up_tr, up_va = data_mod.load_upstream(smoke)
+    assert len(up_tr) + len(up_va) == 60000  # Fashion-MNIST train only
+    # downstream tasks come from the test split: no image of task 1 is an upstream image
+    b = data_mod.load_task("fashion_binary", smoke)
+    xb = b.test.get(range(20))[0].flatten(1)
+    xu = up_tr.get(range(2000))[0].flatten(1)
+    assert torch.cdist(xb, xu).min() > 0
+
+
+def test_missing_dataset_and_folders(tmp_path, monkeypatch, smoke):
+    monkeypatch.setattr(data_mod, "DEBIAN_FASHION", tmp_path / "none")
+    import torchvision.datasets as tvd
+
+    def offline(*a, **k):
+        raise RuntimeError("no internet")
+
+    monkeypatch.setattr(tvd, "FashionMNIST", offline)
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        data_mod.load_fashion_mnist("train", tmp_path / "data")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data_mod.load_task(f"folder:{tmp_path / 'missing'}", smoke)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a usable ImageFolder"):
+        data_mod.load_task(f"folder:{tmp_path / 'empty'}", smoke)
+    with pytest.raises(FileNotFoundError, match="CIFAR10"):
+        data_mod.load_task("cifar10", get_profile("paper"), tmp_path)
+
+
+def write_image_folder(root: Path, n_per_class: int = 4, size: int = 40, seed: int = 0) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / c / f"{i}.png")
+    return root
+
+
+def test_folder_task_splits_and_resizes(tmp_path, smoke):
+    write_image_folder(tmp_path / "imgs", n_per_class=5)
+    t = data_mod.load_task(f"folder:{tmp_path / 'imgs'}", smoke)
+    assert t.classes == ["a", "b"] and len(t.train) + len(t.test) == 10
+    assert t.test.get([0])[0].shape == (1, 3, 32, 32)
+
+
+# ----------------------------------------------------------------------------- weights (paper path)
+def test_missing_weights_error_names_the_file(tmp_path):
+    spec = BackboneSpec("vit", "vit_base_patch16_224", pretrained=True)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/vit_base_patch16_224.safetensors"):
+        find_weights(spec, tmp_path)
+
+
+def test_paper_path_loads_local_weights(tmp_path):
+    """The paper loading code with a tiny random model saved where the suite looks for weights."""
+    p = get_profile("smoke")
+    spec = p.backbone("deit")
+    torch.manual_seed(3)
+    src = create_model(spec, 5)
+    torch.save(src.state_dict(), tmp_path / f"{spec.timm_name}.pth")
+    loaded = create_model(dataclasses.replace(spec, pretrained=True), 5, tmp_path)
+    got = loaded.state_dict()
+    body = [k for k in src.state_dict() if not k.startswith("head")]  # timm re-inits classifiers
+    assert len(body) > 10
+    for k in body:
+        assert torch.equal(src.state_dict()[k], got[k]), k
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    p = tmp_path / "ck.pt"
+    save_torch({"a": 1}, p)
+
+    def boom(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_torch({"a": 2}, p)
+    monkeypatch.undo()
+    assert load_torch(p) == {"a": 1}
+    assert os.listdir(tmp_path) == ["ck.pt"]
+
+
+def test_truncated_checkpoint_is_detected_and_retrained(tmp_path):
+    prof = get_profile("smoke", {"backbone_train.n_images": 64, "backbone_train.epochs": 1})
+    up = data_mod.load_upstream(prof)[0]
+    bb, _ = obtain_backbone(prof, "vit", tmp_path, torch.device("cpu"), 0, upstream=up)
+    ck = next(tmp_path.glob("backbone_vit_*.pt"))
+    ck.write_bytes(ck.read_bytes()[:100])
+    with pytest.raises(CorruptCheckpoint, match="unreadable"):
+        load_torch(ck)
+    bb2, _ = obtain_backbone(prof, "vit", tmp_path, torch.device("cpu"), 0, upstream=up)
+    for a, b in zip(bb.state_dict().values(), bb2.state_dict().values()):
+        assert torch.equal(a, b)  # retrained, deterministically by seed
+    load_torch(ck)
+
+
+# ----------------------------------------------------------------------------- determinism
+def test_head_training_is_deterministic_by_seed(smoke):
+    e = torch.randn(50, 8)
+    y = (e[:, 0] > 0).long()
+    h1, _ = train_head(e, y, "mlp", 2, smoke.head_train, seed=1)
+    h2, _ = train_head(e, y, "mlp", 2, smoke.head_train, seed=1)
+    h3, _ = train_head(e, y, "mlp", 2, smoke.head_train, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(h1.parameters(), h2.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(h1.parameters(), h3.parameters()))
+
+
+def test_upsert_csv_replaces_rows_by_key(tmp_path):
+    import pandas as pd
+
+    p = tmp_path / "s.csv"
+    upsert_csv(pd.DataFrame({"method": ["a", "b"], "v": [1, 2]}), p, ["method"])
+    df = upsert_csv(pd.DataFrame({"method": ["b", "c"], "v": [5, 6]}), p, ["method"])
+    assert sorted(zip(df.method, df.v)) == [("a", 1), ("b", 5), ("c", 6)]
+
+
+def test_suite_resolves_device_and_paths(tmp_path):
+    s = Suite("smoke", results_dir=str(tmp_path), device="cpu")
+    assert s.path("tve", "x.csv") == tmp_path / "smoke" / "tve" / "x.csv"
+    assert (tmp_path / "smoke" / "tve").is_dir()
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        if not torch.cuda.is_available():
+            Suite("smoke", results_dir=str(tmp_path), device="cuda")
+        else:
+            raise RuntimeError("CUDA is not available (skipped on GPU machines)")
+
+
+def test_backbone_wrapper_validates_raw_images():
+    bb: Backbone = tiny_backbone("swin")
+    with pytest.raises(ValueError, match="expected raw images"):
+        bb.normalize(torch.rand(2, 4, 32, 32))
+    assert bb.normalize(torch.rand(2, 1, 32, 32)).shape == (2, 3, 32, 32)
+    assert isinstance(wrap(create_model(get_profile("smoke").backbone("vit"), 2), get_profile("smoke").backbone("vit"),
+                           get_profile("smoke")), Backbone)
