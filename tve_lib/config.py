@@ -38,7 +38,7 @@ class HeadTrain:
     epochs: int = 60
     batch_size: int = 256
     lr: float = 3e-3
-    mlp_hidden: int = 128
+    mlp_hidden: int | None = None  # None: the embedding size
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,52 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class LTXConfig:
+    """LTX / pLTX (METHOD.md §3): pre-training per task, then per-image fine-tuning."""
+
+    mode: str = "predicted"  # CE target: "predicted" (class on the full image) or "target" (label)
+    mask_penalty: str = "mean"  # "mean": λ·mean(m); "bce": λ·BCEWithLogits(m, 0) as the official code
+    lambda_mask: float = 1.0
+    upsample: str = "bilinear"  # G×G mask -> pixels: "bilinear" (official) or "nearest" (player grid)
+    n_train: int = 512  # training images of the task used for pre-training (pLTX)
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.2
+    n_explain: int = 32  # test images per task explained (fine-tuned) by LTX
+    ft_steps: int = 25  # single-image fine-tuning steps from pLTX (step 0 is pLTX itself)
+    ft_lr: float = 2e-3
+    ft_batch: int = 32  # images fine-tuned at once (one vectorised explainer copy per image)
+    stop_pos_auc: float = 6.0  # test_metric selection: stop once POS-AUC (0..90 scale) is below this
+
+
+@dataclass(frozen=True)
+class XVecConfig:
+    """The explainability vector (METHOD.md §4): self-explaining models and task arithmetic."""
+
+    backbones: tuple[str, ...] = ("vit",)  # the profile's backbones notebook 06 runs on
+    train_blocks: int = 2  # last backbone blocks fine-tuned (plus the final norm); -1: all
+    expl_hidden: int = 128  # width of the explanation head's per-token MLP
+    steps: int = 150  # optimiser steps of every training (a)-(d): same steps, seed, data order
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.1
+    expl_weight: float = 1.0  # weight of the explanation loss in (b) and (d)
+    n_source: int = 256  # upstream-train images with KernelSHAP supervision: the source training set
+    n_source_val: int = 128  # upstream-val images on which λ is chosen
+    n_target_sup: int = 96  # target-train images with KernelSHAP supervision (upper bound (d))
+    shap_budget: int = 512  # KernelSHAP model calls per supervised image
+    lambdas: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5)
+    select_metric: str = "fid_gap"  # source-val criterion for λ: fid_gap | neg_fid_minus | accuracy
+    max_acc_drop: float = 0.02  # λ may cost at most this much source-val accuracy
+    n_eval: int = 64  # target-test images per model for explanation quality
+    n_shapley: int = 4  # of those, how many get exact Shapley values on the coarse grid
+    compare_budget: int = 150  # KernelSHAP calls of the paper's comparison
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     img_size: int
@@ -89,6 +135,8 @@ class Profile:
     head_train: HeadTrain = HeadTrain()
     tve: TVEConfig = TVEConfig()
     eval: EvalConfig = EvalConfig()
+    xvec: XVecConfig = XVecConfig()
+    ltx: LTXConfig = LTXConfig()
 
     def backbone(self, name: str) -> BackboneSpec:
         """The spec of backbone ``name``; a clear error for an unknown name."""
@@ -138,7 +186,7 @@ PROFILES: dict[str, Profile] = {
         backbones=_tiny_backbones(32, 2, 32), mean=FASHION_MEAN, std=FASHION_STD,
         n_upstream_val=256,
         backbone_train=BackboneTrain(epochs=1, n_images=2048, batch_size=128),
-        head_train=HeadTrain(epochs=10, mlp_hidden=32),
+        head_train=HeadTrain(epochs=10),
         tve=TVEConfig(depth=1, embed_dim=32, mix_hidden=64, epochs=1, n_images=512,
                       batch_size=64, n_heldout=64),
         eval=EvalConfig(n_transfer=4, n_fidelity=8, n_shapley=2, budgets=(32, 64),
@@ -153,7 +201,7 @@ PROFILES: dict[str, Profile] = {
             BackboneSpec("swin", "swin_base_patch4_window7_224", pretrained=True),
         ),
         n_upstream_val=5000,
-        head_train=HeadTrain(epochs=30, mlp_hidden=512),
+        head_train=HeadTrain(epochs=30),
         tve=TVEConfig(arch="two", depth=12, embed_dim=768, num_heads=12, mix_hidden=1024,
                       windows_per_image=1, epochs=10, n_images=1_281_167, batch_size=64,
                       lr=1e-4, n_heldout=2048),

@@ -11,8 +11,13 @@ from .config import HeadTrain
 HEAD_KINDS = ("linear", "mlp")
 
 
-def make_head(kind: str, in_dim: int, num_classes: int, hidden: int = 128) -> nn.Module:
-    """A head of ``kind`` ('linear' | 'mlp') mapping ``[.., in_dim]`` to ``[.., num_classes]``."""
+def make_head(kind: str, in_dim: int, num_classes: int, hidden: int | None = None) -> nn.Module:
+    """A head of ``kind`` ('linear' | 'mlp') mapping ``[.., in_dim]`` to ``[.., num_classes]``.
+
+    The MLP's hidden width defaults to ``in_dim`` so that the official TVE code's behaviour
+    (applying only the last Linear layer to Φ) is computable for comparison.
+    """
+    hidden = hidden or in_dim
     if kind == "linear":
         return nn.Linear(in_dim, num_classes)
     if kind == "mlp":

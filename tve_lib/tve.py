@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -182,6 +183,9 @@ class TVE(Explainer):
             check_head(head, self.backbone.embed_dim)
             t = head(emb).argmax(-1) if t is None else self.resolve_target(images, head, t)
             h = last_linear(head) if self.last_layer_only else head
+            if self.last_layer_only and h.in_features != phi_k.shape[-1]:
+                raise ValueError(f"last_layer_only: the head's last layer takes {h.in_features} inputs, "
+                                 f"Φ has {phi_k.shape[-1]}; it is only defined when they agree")
             a = transfer_rule(phi_k, phi_r, h, t, self.lam_plus, self.lam_minus).view(-1, g, g)
             out.append(pool_map(a, self.radius) if self.pool else a)
         return out
@@ -226,7 +230,8 @@ def heldout_losses(model: nn.Module, backbone: Backbone, x: torch.Tensor, centre
 
 
 def pretrain(model: TVEModel, backbone: Backbone, train: ImageSet, val: ImageSet, cfg: TVEConfig,
-             ckpt: Path, seed: int, radius: int | None = None, progress: bool = True) -> list[dict]:
+             ckpt: Path, seed: int, radius: int | None = None, progress: bool = True,
+             on_step: Callable[[int, float, float], None] | None = None) -> list[dict]:
     """Pre-train ``model`` on the upstream set; one checkpoint per epoch, resumes after interruption.
 
     Each step draws K window centres per image uniformly over the grid (same generator on every
@@ -288,6 +293,8 @@ def pretrain(model: TVEModel, backbone: Backbone, train: ImageSet, val: ImageSet
             if world > 1:
                 dist.all_reduce(losses)
             sk, sr, seen = sk + losses[0].item(), sr + losses[1].item(), seen + len(gidx)
+            if on_step is not None:
+                on_step(epoch * steps + step, losses[0].item() / len(gidx), losses[1].item() / len(gidx))
             bar.set_postfix(keep=f"{sk / seen:.4f}", remove=f"{sr / seen:.4f}")
         state["seconds"] += time.time() - t0
         ho = heldout_losses(model, backbone, vx, vc, vtk, vtr, cfg.batch_size)

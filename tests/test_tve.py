@@ -1,0 +1,231 @@
+"""TVE: the transfer rule against brute force, invariances, resume and DDP equivalence."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import tiny_backbone
+
+from tve_lib import tve as tve_mod
+from tve_lib.backbones import Backbone
+from tve_lib.config import TVEConfig
+from tve_lib.data import TensorImageSet
+from tve_lib.heads import make_head
+from tve_lib.masking import windows
+
+TINY = TVEConfig(depth=1, embed_dim=32, mix_hidden=32, epochs=2, n_images=32, batch_size=8,
+                 windows_per_image=2, n_heldout=8, lr=3e-3)
+
+
+class LinearPixels(nn.Module):
+    """A 'backbone' whose embedding is linear in the pixels (timm-like interface)."""
+
+    def __init__(self, dim: int = 6, size: int = 16):
+        super().__init__()
+        self.proj = nn.Linear(3 * size * size, dim, dtype=torch.float64)
+        self.feature_info = [{"reduction": 4}]
+        self.num_features, self.num_classes = dim, 0
+
+    def forward_features(self, x):
+        return self.proj(x.flatten(1))
+
+    def forward_head(self, f, pre_logits=False):
+        return f
+
+
+def linear_backbone(seed: int = 0) -> Backbone:
+    torch.manual_seed(seed)
+    bb = Backbone(LinearPixels(), "linear", 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), max_grid=8)
+    return bb.double().eval().requires_grad_(False)
+
+
+def brute_force(bb, head, x, y, radius):
+    """f_y(x ⊙ W_i) − f_y(x ⊙ (1 − W_i)) one window at a time (no batching tricks)."""
+    w = windows(bb.grid, radius)
+    out = torch.zeros(len(x), bb.n_players, dtype=x.dtype)
+    for i in range(bb.n_players):
+        keep = head(bb.embed(bb.mask(x, w[i].expand(len(x), -1))))
+        rem = head(bb.embed(bb.mask(x, (~w[i]).expand(len(x), -1))))
+        out[:, i] = (keep - rem).gather(1, y[:, None]).squeeze(1)
+    return out.view(len(x), bb.grid, bb.grid)
+
+
+class ExactPhi(nn.Module):
+    """An 'explainer' that outputs the exact window embeddings (what pre-training approximates)."""
+
+    def __init__(self, bb, radius):
+        super().__init__()
+        self.bb, self.radius = bb, radius
+        self.embed_dim, self.grid = bb.embed_dim, bb.grid
+
+    def forward(self, x):
+        return tve_mod.all_window_embeddings(self.bb, x, self.radius)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_transfer_rule_on_exact_phi_equals_brute_force(kind, seed):
+    bb = linear_backbone(seed)
+    torch.manual_seed(seed)
+    head = make_head(kind, bb.embed_dim, 3, hidden=5).double()
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    y = head(bb.embed(x)).argmax(1)
+    exp = tve_mod.TVE(bb, ExactPhi(bb, 1), radius=1)
+    a = exp.explain(x, head)
+    ref = brute_force(bb, head, x, y, 1)
+    assert torch.allclose(a, ref, atol=1e-10)
+    assert torch.allclose(tve_mod.window_occlusion(bb, head, x, y, 1), ref, atol=1e-10)
+    # a linear embedding and a linear head: keep - remove = f(x ⊙ W) - f(x ⊙ (1-W)) is linear in x, so
+    # the attributions of W and its complement sum to the full-image logit minus the empty one
+    if kind == "linear":
+        full = head(bb.embed(x)).gather(1, y[:, None]).squeeze(1)
+        empty = head(bb.embed(bb.mask(x, torch.zeros(bb.n_players)))).gather(1, y[:, None]).squeeze(1)
+        w = windows(bb.grid, 1)[0]
+        keep = head(bb.embed(bb.mask(x, w.expand(4, -1)))).gather(1, y[:, None]).squeeze(1)
+        rem = head(bb.embed(bb.mask(x, (~w).expand(4, -1)))).gather(1, y[:, None]).squeeze(1)
+        assert torch.allclose(keep + rem, full + empty, atol=1e-10)
+
+
+def test_whole_head_differs_from_last_layer_only_for_mlp():
+    bb = linear_backbone(0)
+    torch.manual_seed(0)
+    head = make_head("mlp", bb.embed_dim, 3).double()
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    exp = tve_mod.TVE(bb, ExactPhi(bb, 1), radius=1)
+    whole = exp.explain(x, head)
+    last = exp.variant(last_layer_only=True).explain(x, head)
+    assert not torch.allclose(whole, last)
+    lin = make_head("linear", bb.embed_dim, 3).double()
+    assert torch.allclose(exp.explain(x, lin), exp.variant(last_layer_only=True).explain(x, lin))
+
+
+def test_lambdas_and_pooling():
+    bb = linear_backbone(0)
+    head = make_head("linear", bb.embed_dim, 3).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    exp = tve_mod.TVE(bb, ExactPhi(bb, 1), radius=1)
+    both, keep, rem = (exp.explain(x, head), exp.variant(lam_minus=0).explain(x, head),
+                       exp.variant(lam_plus=0).explain(x, head))
+    assert torch.allclose(both, keep + rem)
+    pooled = exp.variant(pool=True).explain(x, head)
+    assert torch.allclose(pooled[:, 1, 1], both[:, :3, :3].mean((1, 2)))
+
+
+@pytest.mark.parametrize("name", ["vit", "deit", "swin"])
+@pytest.mark.parametrize("arch", ["shared", "two"])
+def test_explain_shapes_batch_invariance_and_seed(name, arch):
+    bb = tiny_backbone(name)
+    cfg = TVEConfig(arch=arch, depth=1, embed_dim=32, mix_hidden=32)
+    torch.manual_seed(5)
+    m1 = tve_mod.build_explainer(bb, cfg)
+    torch.manual_seed(5)
+    m2 = tve_mod.build_explainer(bb, cfg)
+    head = make_head("mlp", bb.embed_dim, 4)
+    x = torch.randn(6, 3, 32, 32)
+    e1, e2 = tve_mod.TVE(bb, m1, 1), tve_mod.TVE(bb, m2, 1)
+    a = e1.explain(x, head)
+    assert a.shape == (6, 8, 8) and a.device == x.device
+    assert torch.equal(a, e2.explain(x, head))  # same seed, same explainer
+    parts = torch.cat([e1.explain(x[:1], head), e1.explain(x[1:4], head), e1.explain(x[4:], head)])
+    assert torch.allclose(a, parts, atol=1e-5)
+    t = torch.tensor([0, 1, 2, 3, 0, 1])
+    assert not torch.allclose(e1.explain(x, head, t), e1.explain(x, head, (t + 1) % 4))
+    many = e1.explain_tasks(x, [head, head], [None, t])
+    assert torch.equal(many[0], a) and torch.allclose(many[1], e1.explain(x, head, t))
+
+
+def test_trunk_is_initialised_from_the_backbone():
+    bb = tiny_backbone("vit")
+    m = tve_mod.TVEModel(32, 8, bb.embed_dim, TVEConfig(depth=2, embed_dim=bb.embed_dim, num_heads=1))
+    n = m.init_from(bb.model)
+    assert n > 10
+    assert torch.equal(m.trunk_keep.vit.blocks[0].attn.qkv.weight, bb.model.blocks[0].attn.qkv.weight)
+
+
+def test_explainer_and_backbone_mismatch_is_reported():
+    bb = tiny_backbone("vit")
+    m = tve_mod.TVEModel(32, 8, bb.embed_dim + 1, TINY)
+    with pytest.raises(ValueError, match="predicts .*-dim embeddings"):
+        tve_mod.TVE(bb, m, 1)
+
+
+def _data(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.rand(48, 1, 32, 32, generator=g)
+    return (TensorImageSet("s", imgs[:32], torch.zeros(32), ["x"]),
+            TensorImageSet("s", imgs[32:], torch.zeros(16), ["x"]))
+
+
+def test_pretraining_reduces_the_loss_and_is_deterministic(tmp_path):
+    bb = tiny_backbone("vit")
+    train, val = _data()
+    cfg = TVEConfig(depth=1, embed_dim=32, mix_hidden=32, epochs=4, n_images=32, batch_size=8,
+                    windows_per_image=2, n_heldout=16, lr=3e-3)
+    hist = []
+    for run in range(2):
+        torch.manual_seed(0)
+        m = tve_mod.build_explainer(bb, cfg)
+        hist.append(tve_mod.pretrain(m, bb, train, val, cfg, tmp_path / f"r{run}.pt", 0, progress=False))
+    ho = [h for h in hist[0] if h["split"] == "heldout"]
+    assert ho[-1]["loss_keep"] < ho[0]["loss_keep"] and ho[-1]["loss_remove"] < ho[0]["loss_remove"]
+    assert [h["loss_keep"] for h in hist[0]] == [h["loss_keep"] for h in hist[1]]
+
+
+def test_resume_after_interrupted_epoch_gives_the_same_weights(tmp_path, monkeypatch):
+    bb = tiny_backbone("vit")
+    train, val = _data()
+    torch.manual_seed(0)
+    ref = tve_mod.build_explainer(bb, TINY)
+    tve_mod.pretrain(ref, bb, train, val, TINY, tmp_path / "ref.pt", 0, progress=False)
+
+    calls = {"n": 0}
+
+    def interrupt(step, k, r):
+        calls["n"] += 1
+        if step == 5:  # inside epoch 2 (4 steps per epoch)
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    m = tve_mod.build_explainer(bb, TINY)
+    with pytest.raises(KeyboardInterrupt):
+        tve_mod.pretrain(m, bb, train, val, TINY, tmp_path / "cut.pt", 0, progress=False, on_step=interrupt)
+    assert (tmp_path / "cut.partial.pt").exists() and not (tmp_path / "cut.pt").exists()
+    torch.manual_seed(123)  # a different init: everything must come from the checkpoint
+    m2 = tve_mod.build_explainer(bb, TINY)
+    tve_mod.pretrain(m2, bb, train, val, TINY, tmp_path / "cut.pt", 0, progress=False)
+    for a, b in zip(ref.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not (tmp_path / "cut.partial.pt").exists()
+
+
+def _torchrun(n: int, out: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           str(Path(__file__).parent / "ddp_worker.py"), str(out)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    """gloo, 2 CPU processes vs 1 with the same global batch.
+
+    Every rank draws the same permutation and window centres and takes its half of each global
+    batch; DDP averages the two half-batch gradients, which equals the full-batch mean gradient.
+    Only float32 summation order differs (all-reduce vs one sum), so per-step losses agree to
+    ~1e-6 relative; after 8 AdamW steps we allow 1e-4 relative, far below the step-to-step change.
+    """
+    one = _torchrun(1, tmp_path / "one.json")
+    two = _torchrun(2, tmp_path / "two.json")
+    assert two["world"] == 2 and len(one["steps"]) == len(two["steps"]) == 8
+    a = torch.tensor(one["steps"])[:, 1:]
+    b = torch.tensor(two["steps"])[:, 1:]
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-7), (a, b)
+    assert abs(one["wnorm"] - two["wnorm"]) < 1e-4 * one["wnorm"]
+    # and the trajectory is not trivially flat, so the comparison has teeth
+    assert (a[0] - a[-1]).abs().max() > 1e-3
