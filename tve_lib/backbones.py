@@ -179,7 +179,9 @@ def train_backbone(bb: Backbone, train: ImageSet, profile: Profile, ckpt: Path, 
         bar = tqdm(iter_batches(train, cfg.batch_size, idx), total=steps_per_epoch,
                    desc=f"{bb.name} epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for raw, y, _ in bar:
-            x = _augment(bb.normalize(raw.to(device)), gen)
+            x = bb.normalize(raw.to(device))
+            if cfg.augment:
+                x = _augment(x, gen)
             y = y.to(device)
             out = model(x)
             loss = F.cross_entropy(out, y, label_smoothing=0.1)
