@@ -1,0 +1,90 @@
+"""Every notebook runs end to end with papermill in the smoke profile; assertions on its files."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tve_lib import nbbuild, runner
+
+pytestmark = pytest.mark.notebooks
+
+# notebook -> {file: columns that other tools read (the contract)}
+CONTRACT = {
+    "00_backbones_and_data": {"accuracy.csv": ["backbone", "task", "head", "split", "accuracy", "n_images", "seed"]},
+    "01_pretrain_tve": {"tve/pretrain.csv": ["backbone", "epoch", "split", "loss_keep", "loss_remove", "seconds"]},
+    "02_transfer": {"tve/transfer_error.csv": ["backbone", "task", "head", "image_id", "spearman",
+                                               "topk_overlap", "seed"]},
+    "03_fidelity": {
+        "fidelity/curves.csv": ["backbone", "task", "head", "method", "budget", "metric", "sparsity", "value",
+                                "n_images", "seed"],
+        "fidelity/summary.csv": ["backbone", "task", "head", "method", "budget", "metric", "value", "ci_low",
+                                 "ci_high", "n_images", "seed"]},
+    "03b_ablations": {"fidelity/ablations.csv": ["backbone", "task", "head", "method", "budget", "metric", "value",
+                                                 "ci_low", "ci_high", "n_images", "seed", "variant"]},
+    "04_throughput": {"throughput/throughput.csv": ["device", "threads", "backbone", "size", "method", "budget",
+                                                    "batch_size", "n_tasks", "images_per_s", "ms_per_image",
+                                                    "ratio_to_inference", "repeats"]},
+    "06_explainability_vector": {"xvec/lambda_sweep.csv": ["task", "backbone", "lambda", "metric", "value",
+                                                           "seed"]},
+}
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    code = runner.run("smoke", results_dir=out, device="cpu", timeout=900)
+    assert code == 0, "a notebook failed in the smoke profile (see the log above)"
+    return out / "smoke"
+
+
+def test_notebook_sources_are_built_and_stripped():
+    assert nbbuild.build(check=True) == [], "run: python -m tve_lib.nbbuild"
+    for nb in runner.notebook_list():
+        cells = json.loads(nb.read_text())["cells"]
+        code = [c for c in cells if c["cell_type"] == "code"]
+        assert sum("parameters" in c["metadata"].get("tags", []) for c in code) == 1, nb.name
+        assert all(not c["outputs"] and c["execution_count"] is None for c in code), nb.name
+        src = "\n".join("".join(c["source"]) for c in code)
+        assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src, nb.name
+
+
+def test_every_notebook_ran_and_wrote_its_files(smoke_results):
+    names = [nb.stem for nb in runner.notebook_list()]
+    assert names[:3] == ["00_backbones_and_data", "01_pretrain_tve", "02_transfer"]
+    run = json.loads((smoke_results / "run.json").read_text())
+    assert set(names) <= set(run["notebook_wall_s"]), "run.json lacks a notebook's wall time"
+    assert run["git_commit"] and run["packages"]["torch"] and run["device"]["device"] == "cpu"
+    for name in names:
+        assert (smoke_results / "notebooks" / f"{name}.ipynb").exists()
+        for rel, cols in CONTRACT.get(name, {}).items():
+            df = pd.read_csv(smoke_results / rel)
+            assert len(df) > 0, rel
+            missing = set(cols) - set(df.columns)
+            assert not missing, f"{rel} lacks columns {missing}"
+            assert not df[[c for c in cols if c in ("value", "accuracy", "spearman")]].isna().all().any(), rel
+
+
+def test_foundation_outputs(smoke_results):
+    acc = pd.read_csv(smoke_results / "accuracy.csv")
+    assert set(acc.backbone) == {"vit", "deit", "swin"}
+    assert set(acc.task) >= {"fashion_binary", "digits", "fashion_mosaic"}
+    assert set(acc["head"]) >= {"linear", "mlp"}
+    assert acc.accuracy.between(0, 1).all()
+    assert (smoke_results / "figures" / "00_samples.png").exists()
+
+
+def test_tve_outputs(smoke_results):
+    pre = pd.read_csv(smoke_results / "tve" / "pretrain.csv")
+    assert set(pre.split) == {"train", "heldout"} and (pre.loss_keep > 0).all()
+    err = pd.read_csv(smoke_results / "tve" / "transfer_error.csv")
+    assert err.spearman.between(-1, 1).all() and err.topk_overlap.between(0, 1).all()
+    assert set(err.rule) == {"whole_head", "last_layer"}
+    assert (smoke_results / "tve" / "run.json").exists()
+
+
+def test_rerun_skips_completed_notebooks(smoke_results, capsys):
+    code = runner.run("smoke", only=["00"], results_dir=smoke_results.parent, device="cpu")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "[skip]" in out or "-dirty" in json.loads((smoke_results / "run.json").read_text())["git_commit"]
