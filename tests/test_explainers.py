@@ -1,0 +1,165 @@
+"""Every baseline explainer: protocol, closed forms on an additive model, invariances, registry."""
+
+import pytest
+import torch
+from conftest import tiny_backbone
+from toy_models import contributions, linear_head, toy_backbone
+
+from tve_lib.explainers import EXPLAINERS, explain_heads, make_explainer, supports
+from tve_lib.explainers.amortized import train_amortized
+from tve_lib.explainers.gradient import GradCAM, pixels_to_players
+from tve_lib.explainers.rollout import Rollout
+from tve_lib.heads import make_head
+from tve_lib.masking import windows
+from tve_lib.shapley import player_groups, shapley_references
+
+
+def images(n=4, seed=0):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def heads_for(bb, seed=0):
+    torch.manual_seed(seed)
+    hs = [make_head("linear", bb.embed_dim, 3), make_head("mlp", bb.embed_dim, 3, 16)]
+    return [h.eval().requires_grad_(False) for h in hs]
+
+
+BASELINES = ["random", "ig", "gradcam", "rollout", "occlusion", "kernelshap", "lime"]
+
+
+@pytest.mark.parametrize("name", ["vit", "deit", "swin"])
+def test_protocol_shape_device_and_batch_invariance(name):
+    bb = tiny_backbone(name)
+    hs = heads_for(bb)
+    x = images(2)
+    for m in BASELINES:
+        if not supports(m, bb):
+            assert m == "rollout" and name == "swin"
+            with pytest.raises(ValueError, match="needs a ViT/DeiT block stack"):
+                make_explainer(m, bb)
+            continue
+        kw = {"budget": 20} if m in ("kernelshap", "lime") else {"n_steps": 2} if m == "ig" else {}
+        e = make_explainer(m, bb, **kw)
+        full = explain_heads(e, x, hs)
+        halves = explain_heads(e, x, hs, batch_size=1)
+        for a, b in zip(full, halves):
+            assert a.shape == (2, 8, 8) and a.device == x.device and torch.isfinite(a).all(), m
+            if m != "random":  # random draws per call by design
+                assert torch.allclose(a, b, atol=1e-5), f"{m} depends on the batch size"
+        if m in ("gradcam", "kernelshap"):  # explain() == the shared-work path
+            assert torch.allclose(e.explain(x, hs[1]), full[1], atol=1e-5), m
+        if m not in ("random", "rollout"):
+            assert (full[0] != 0).any(), f"{m} returned an all-zero map"
+
+
+def test_ig_is_exact_on_an_additive_model():
+    bb, h = toy_backbone(), linear_head()
+    x = images(3)
+    t = h(bb.embed(x)).argmax(-1)
+    a = make_explainer("ig", bb, n_steps=8).explain(x, h)
+    assert torch.allclose(a, contributions(bb, h, x, t), atol=1e-4)
+
+
+def test_occlusion_closed_form_on_an_additive_model():
+    bb, h = toy_backbone(), linear_head()
+    x = images(3)
+    t = h(bb.embed(x)).argmax(-1)
+    c = contributions(bb, h, x, t).flatten(1)
+    w = windows(8, 1).float()
+    expected = c @ w.T - c @ (1 - w).T  # Σ_{j∈W_i} c_j − Σ_{j∉W_i} c_j (the bias cancels)
+    a = make_explainer("occlusion", bb, radius=1).explain(x, h)
+    assert torch.allclose(a.flatten(1), expected, atol=1e-4)
+
+
+def test_gradcam_reads_the_grid_the_model_reports():
+    for name, prefix in (("vit", 1), ("deit", 2)):
+        bb = tiny_backbone(name)
+        cam = GradCAM(bb)
+        tok = torch.randn(2, prefix + 64, bb.embed_dim)
+        assert torch.equal(cam._tokens_to_map(tok), tok)  # prefix tokens kept, patches round-trip
+        with pytest.raises(ValueError, match=f"expected \\[B, {prefix}\\+8\\*8, D\\] tokens"):
+            cam._tokens_to_map(torch.randn(2, 64, bb.embed_dim))
+
+
+def test_rollout_matches_unfused_attention():
+    bb = tiny_backbone("deit")
+    x = images(3)
+    ours = Rollout(bb).rollout(x)
+    mats = []
+    hooks = []
+    for blk in bb.model.blocks:
+        blk.attn.fused_attn = False
+        hooks.append(blk.attn.attn_drop.register_forward_hook(lambda m, i, o: mats.append(o.mean(1))))
+    try:
+        bb.embed(x)
+    finally:
+        for blk, hk in zip(bb.model.blocks, hooks):
+            blk.attn.fused_attn = True
+            hk.remove()
+    roll = None
+    for a in mats:
+        a = 0.5 * torch.eye(a.shape[-1]) + 0.5 * a
+        a = a / a.sum(-1, keepdim=True)
+        roll = a if roll is None else a @ roll
+    ref = roll[:, :2].mean(1)[:, 2:].view(3, 8, 8)  # DeiT: both prefix rows, patch columns
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_sampling_explainers_are_seeded_and_kernelshap_converges_to_exact_groups():
+    bb, h = toy_backbone(), linear_head()
+    x = images(2)
+    a1 = make_explainer("kernelshap", bb, budget=60, seed=1).explain(x, h)
+    assert torch.equal(a1, make_explainer("kernelshap", bb, budget=60, seed=1).explain(x, h))
+    assert not torch.equal(a1, make_explainer("kernelshap", bb, budget=60, seed=2).explain(x, h))
+    groups = player_groups(8, (3, 4))
+    (ref,) = shapley_references(bb, [h], x, groups)
+    errs = []
+    for budget in (30, 300, 3000):
+        e = make_explainer("kernelshap", bb, budget=budget, seed=0, groups=groups).explain(x, h)
+        est = e.flatten(1) @ groups.float().T  # group values back from the spread map
+        errs.append((est - ref.values).pow(2).mean().sqrt().item())
+    assert errs[0] > errs[2] and errs[2] < 0.01
+    lm = make_explainer("lime", bb, budget=50, seed=0).explain(x, h)
+    assert torch.equal(lm, make_explainer("lime", bb, budget=50, seed=0).explain(x, h))
+
+
+def test_pixels_to_players_sums_patches():
+    a = torch.ones(1, 3, 32, 32)
+    assert torch.equal(pixels_to_players(a, 8), torch.full((1, 8, 8), 48.0))
+
+
+def test_amortized_explainer_trains_and_rejects_other_heads():
+    bb = toy_backbone()
+    h, other = linear_head(seed=0), linear_head(seed=1)
+    from tve_lib.config import get_profile
+
+    cfg = get_profile("smoke").eval
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, fastshap_epochs=4, fastshap_batch=16, fastshap_lr=3e-3)
+    (e,) = train_amortized(bb, [h], images(32), cfg, seed=0, eval_images=images(4, seed=1))
+    hist = e.history
+    assert [r["epoch"] for r in hist] == [0, 1, 2, 3, 4] and all("fid_plus_auc" in r for r in hist)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    a = e.explain(images(3), h)
+    p = torch.softmax(h(bb.embed(images(3))), -1)
+    p0 = torch.softmax(h(bb.embed(bb.mask(images(3), torch.zeros(3, 64, dtype=torch.bool)))), -1)
+    t = p.argmax(-1)
+    assert a.flatten(1).sum(1).tolist() == pytest.approx((p - p0).gather(1, t[:, None]).squeeze(1).tolist(),
+                                                         abs=1e-5)  # efficient normalisation
+    with pytest.raises(ValueError, match="trained for another head"):
+        e.explain(images(2), other)
+
+
+def test_registry_errors():
+    bb = toy_backbone()
+    assert set(EXPLAINERS) >= {"random", "ig", "gradcam", "rollout", "occlusion", "kernelshap", "lime",
+                               "fastshap", "tve"}
+    with pytest.raises(KeyError, match="unknown explainer 'shap'"):
+        make_explainer("shap", bb)
+    with pytest.raises(TypeError, match="needs budget"):
+        make_explainer("kernelshap", bb)
+    with pytest.raises(ValueError, match="needs the suite"):
+        make_explainer("tve", bb)
+    with pytest.raises(ValueError, match="expected normalised images"):
+        make_explainer("random", bb).explain(torch.randn(2, 1, 32, 32), linear_head())

@@ -1,0 +1,60 @@
+"""Model-agnostic reference explainers: `Random` and window `Occlusion`.
+
+Occlusion is the *window* occlusion TVE amortises, ``f_y(x ⊙ W_i) − f_y(x ⊙ (1 − W_i))`` on the
+head's logits, computed exactly with ``2·G²`` backbone calls per image (`tve_lib.tve`'s
+`window_occlusion`; the embeddings are shared by all heads of a task). Captum's `Occlusion`
+slides a remove-only window and re-runs the head per window; the keep branch is what it lacks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+from ..masking import default_radius
+from .base import Explainer
+
+
+class Random(Explainer):
+    """Uniform random maps; each call draws from a generator seeded with ``seed`` (deterministic)."""
+
+    name = "random"
+
+    def __init__(self, backbone: Backbone, seed: int = 0):
+        super().__init__(backbone)
+        self.seed = seed
+
+    def explain(self, images: torch.Tensor, head: nn.Module,
+                target: torch.Tensor | int | None = None) -> torch.Tensor:
+        self.backbone.check_input(images)
+        g = torch.Generator().manual_seed(self.seed)
+        return torch.rand(len(images), self.grid, self.grid, generator=g).to(images.device)
+
+
+class Occlusion(Explainer):
+    """Exact window occlusion (keep-window minus remove-window logit) with Chebyshev ``radius``."""
+
+    name = "occlusion"
+
+    def __init__(self, backbone: Backbone, radius: int | None = None, batch_size: int = 1024):
+        super().__init__(backbone)
+        self.radius = radius if radius is not None else default_radius(backbone.grid)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def explain_tasks(self, images: torch.Tensor, heads: list[nn.Module],
+                      targets: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+        """Maps for several heads from one set of ``2·G²`` window embeddings per image."""
+        from ..tve import all_window_embeddings, transfer_rule
+
+        self.backbone.check_input(images)
+        targets = targets or [None] * len(heads)
+        ek, er = all_window_embeddings(self.backbone, images, self.radius, self.batch_size)
+        g = self.grid
+        return [transfer_rule(ek, er, h, self.resolve_target(images, h, t)).view(-1, g, g)
+                for h, t in zip(heads, targets)]
+
+    def explain(self, images: torch.Tensor, head: nn.Module,
+                target: torch.Tensor | int | None = None) -> torch.Tensor:
+        return self.explain_tasks(images, [head], [target])[0]
