@@ -25,6 +25,10 @@ CONTRACT = {
     "04_throughput": {"throughput/throughput.csv": ["device", "threads", "backbone", "size", "method", "budget",
                                                     "batch_size", "n_tasks", "images_per_s", "ms_per_image",
                                                     "ratio_to_inference", "repeats"]},
+    "05_ltx": {"ltx/comparison.csv": ["backbone", "task", "head", "method", "budget", "metric", "value",
+                                      "ci_low", "ci_high", "n_images", "seed", "selection"]},
+    "07_figures": {"claims.csv": []},
+    "09_your_dataset": {"yourdata/summary.csv": ["method", "metric", "value"]},
     "06_explainability_vector": {"xvec/lambda_sweep.csv": ["task", "backbone", "lambda", "metric", "value",
                                                            "seed"]},
 }

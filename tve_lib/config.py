@@ -36,9 +36,9 @@ class BackboneTrain:
 
 @dataclass(frozen=True)
 class HeadTrain:
-    epochs: int = 60
+    epochs: int = 200
     batch_size: int = 256
-    lr: float = 3e-3
+    lr: float = 1e-2
     mlp_hidden: int | None = None  # None: the embedding size
 
 
@@ -50,10 +50,12 @@ class TVEConfig:
     num_heads: int = 2
     mix_hidden: int = 256
     init_from_backbone: bool = True
+    residual: bool = True  # Φ⁻ = g(x) + Δ: the remove branch predicts the change from the full image
+    keep_weight: float = 1.0  # weight of the keep-branch MSE (its targets vary ~20x less in cpu)
     radius: int | None = None  # None: scales with the grid, r = round(2 G / 14) (r=2 at 14x14)
-    windows_per_image: int = 4  # K; K=1 is the official setting
-    epochs: int = 4
-    n_images: int = 60000
+    windows_per_image: int = 2  # K; K=1 is the official setting
+    epochs: int = 2
+    n_images: int = 30000
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.01

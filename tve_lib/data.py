@@ -313,11 +313,14 @@ def make_digits(profile: Profile, data_dir=None, seed: int = 0) -> Task:
                 TensorImageSet("digits", x[te], y[te], names), names)
 
 
-def make_fashion_mosaic(profile: Profile, data_dir=None, seed: int = 0, n: int = 2000) -> Task:
+def make_fashion_mosaic(profile: Profile, data_dir=None, seed: int = 0, n: int = 3000,
+                        n_distractors: int = 1) -> Task:
     """2x2 mosaics of held-out items; the label is the class of the one non-top item.
 
-    Three quadrants hold tops (T-shirt, Pullover, Coat, Shirt); one holds a Trouser, Bag or
-    Ankle boot, which decides the label. Its quadrant is the known relevant region (mask).
+    One quadrant holds a Trouser, Bag or Ankle boot, which decides the label: its quadrant is
+    the known relevant region (mask). ``n_distractors`` other quadrants hold tops (T-shirt,
+    Pullover, Coat, Shirt), the rest stay empty. One distractor: with three, the tiny cpu ViTs'
+    linear probes stay below 70 % (measured), i.e. the heads would explain noise.
     """
     _, _, x, y = _fashion_pools(data_dir)
     rng = np.random.default_rng(seed + 1)
@@ -328,6 +331,10 @@ def make_fashion_mosaic(profile: Profile, data_dir=None, seed: int = 0, n: int =
     dis_pool = np.flatnonzero(np.isin(y.numpy(), MOSAIC_DISTRACTORS))
     labels = rng.integers(0, len(MOSAIC_TARGETS), n)
     where = rng.integers(0, 4, n)
+    # rank of each quadrant among the non-target ones, in a random order per image
+    order = np.argsort(rng.random((n, 4)) + 2.0 * (np.arange(4)[None] == where[:, None]), axis=1)
+    is_dis = np.zeros((n, 4), dtype=bool)
+    np.put_along_axis(is_dis, order[:, :n_distractors], True, axis=1)
     imgs = torch.zeros(n, 1, s, s)
     masks = torch.zeros(n, s, s, dtype=torch.bool)
     for k in range(4):
@@ -335,7 +342,8 @@ def make_fashion_mosaic(profile: Profile, data_dir=None, seed: int = 0, n: int =
         is_t = where == k
         src = np.where(is_t, [rng.choice(tgt_pool[lab]) for lab in labels],
                        rng.choice(dis_pool, n))
-        imgs[:, :, r * q:(r + 1) * q, c * q:(c + 1) * q] = items[torch.from_numpy(src)]
+        filled = torch.from_numpy(is_t | is_dis[:, k]).view(-1, 1, 1, 1)
+        imgs[:, :, r * q:(r + 1) * q, c * q:(c + 1) * q] = items[torch.from_numpy(src)] * filled
         masks[torch.from_numpy(is_t), r * q:(r + 1) * q, c * q:(c + 1) * q] = True
     y_t = torch.from_numpy(labels).long()
     names = [FASHION_CLASSES[c] for c in MOSAIC_TARGETS]
@@ -407,3 +415,16 @@ def load_task(name: str, profile: Profile, data_dir: str | Path | None = None, s
         return make_paper_task(name, profile, data_dir, seed)
     raise KeyError(f"unknown task {name!r}; expected one of: {', '.join([*TASKS, *PAPER_HINTS])} "
                    "or 'folder:/path/to/imagefolder'")
+
+
+def content_digest(ds: ImageSet, n: int = 16) -> str:
+    """A short hash of a set's size, labels and first ``n`` images: cache keys change with the data."""
+    import hashlib
+
+    x, _, m = ds.get(torch.arange(min(n, len(ds))))
+    h = hashlib.sha1(str(len(ds)).encode())
+    h.update(ds.labels.numpy().tobytes())
+    h.update(x.numpy().tobytes())
+    if m is not None:
+        h.update(m.numpy().tobytes())
+    return h.hexdigest()[:8]

@@ -25,9 +25,9 @@ def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> Path:
 def _show(ax: plt.Axes, img: torch.Tensor) -> None:
     img = img.detach().cpu()
     if img.shape[0] == 1:
-        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
     else:
-        ax.imshow(img.permute(1, 2, 0).clamp(0, 1))
+        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
     ax.set_xticks([])
     ax.set_yticks([])
 

@@ -131,7 +131,8 @@ class Suite:
         """Embeddings ``[N, D]`` and labels of a task split (cached)."""
         bb = self.backbone(backbone)
         ds = getattr(self.task(task), split)
-        key = f"emb_{self._bb_key(backbone)}_{task.replace('/', '_').replace(':', '_')}_{split}"
+        key = (f"emb_{self._bb_key(backbone)}_{task.replace('/', '_').replace(':', '_')}_{split}_"
+               f"{data_mod.content_digest(ds)}")
 
         def compute():
             out, ys = [], []
@@ -150,7 +151,7 @@ class Suite:
             raise KeyError(f"unknown head kind {kind!r}; expected one of: {', '.join(HEAD_KINDS)}")
         t = self.task(task)
         key = (f"head_{kind}_{self._bb_key(backbone)}_{task.replace('/', '_').replace(':', '_')}_"
-               f"{self.profile.digest('head_train')}")
+               f"{self.profile.digest('head_train')}_{data_mod.content_digest(t.train)}")
 
         def compute():
             e, y = self.embeddings(backbone, task, "train")

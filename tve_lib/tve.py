@@ -76,10 +76,16 @@ class TVEModel(nn.Module):
         self.head_keep = MixHead(n, cfg.embed_dim, embed_dim, cfg.mix_hidden)
         self.head_remove = MixHead(n, cfg.embed_dim, embed_dim, cfg.mix_hidden)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``base``: the full-image embedding ``g(x)`` ``[B, D]``, required when ``cfg.residual``."""
         tk = self.trunk_keep(x)
         tr = self.trunk_remove(x) if self.trunk_remove is not None else tk
-        return self.head_keep(tk), self.head_remove(tr)
+        rem = self.head_remove(tr)
+        if self.cfg.residual:
+            if base is None:
+                raise ValueError("a residual TVE model needs base = g(x), the full-image embedding")
+            rem = rem + base.unsqueeze(1)  # occluding one window moves g(x) a little: predict the move
+        return self.head_keep(tk), rem
 
     def init_from(self, backbone: nn.Module) -> int:
         """Copy every backbone parameter whose name and shape match the trunks'; returns count."""
@@ -177,7 +183,10 @@ class TVE(Explainer):
         targets = targets or [None] * len(heads)
         need_pred = any(t is None for t in targets)
         emb = self.backbone.embed(images) if need_pred else None
-        phi_k, phi_r = self.model(images)
+        residual = getattr(getattr(self.model, "cfg", None), "residual", False)
+        if residual and emb is None:
+            emb = self.backbone.embed(images)
+        phi_k, phi_r = self.model(images, emb) if residual else self.model(images)
         g, out = self.grid, []
         for head, t in zip(heads, targets):
             check_head(head, self.backbone.embed_dim)
@@ -217,7 +226,8 @@ def heldout_losses(model: nn.Module, backbone: Backbone, x: torch.Tensor, centre
     model.eval()
     se_k = se_r = 0.0
     for s in range(0, len(x), batch_size):
-        pk, pr = model(x[s:s + batch_size])
+        xb = x[s:s + batch_size]
+        pk, pr = model(xb, backbone.embed(xb)) if model.cfg.residual else model(xb)
         c = centres[s:s + batch_size]
         idx = c.unsqueeze(-1).expand(-1, -1, pk.shape[-1])
         se_k += ((pk.gather(1, idx) - tk[s:s + batch_size]) ** 2).sum().item()
@@ -281,12 +291,12 @@ def pretrain(model: TVEModel, backbone: Backbone, train: ImageSet, val: ImageSet
             x = backbone.normalize(raw.to(device))
             c = centres[lo:hi].to(device)
             tk, tr = window_targets(backbone, x, c, radius)
-            pk, pr = net(x)
+            pk, pr = net(x, backbone.embed(x).detach()) if cfg.residual else net(x)
             idx = c.unsqueeze(-1).expand(-1, -1, pk.shape[-1])
             lk = ((pk.gather(1, idx) - tk) ** 2).mean()
             lr = ((pr.gather(1, idx) - tr) ** 2).mean()
             opt.zero_grad(set_to_none=True)
-            (lk + lr).backward()
+            (cfg.keep_weight * lk + lr).backward()
             opt.step()
             sched.step()
             losses = torch.stack([lk.detach(), lr.detach()]) * len(x)
