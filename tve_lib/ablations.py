@@ -127,7 +127,7 @@ def run_ablations(suite, backbone: str, variants: Sequence[Variant], tasks: Sequ
         x = bb.normalize(raw.to(suite.device))
         heads = [suite.head(backbone, t, k) for k in kinds]
         with torch.no_grad():
-            emb = bb.embed_batched(x, ev.batch_size)
+            emb = bb.embed_batched(x, ev.masked_batch_size)
         targets = [h(emb).argmax(-1) for h in heads]
         refs = cached_shapley_references(suite, backbone, t, x, heads, kinds, targets)
         data[t] = (x, None if masks is None else masks.to(suite.device), heads, targets, refs)

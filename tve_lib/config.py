@@ -75,15 +75,16 @@ class EvalConfig:
     n_gallery: int = 4
     bootstrap: int = 1000
     # fidelity (notebook 03); defaults are the cpu sizes
+    masked_batch_size: int = 1024  # images per backbone call when scoring masked copies (tiny models: big)
     perturbation_steps: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # POS/NEG x
     deletion_steps: int = 10  # deletion/insertion curves at i/steps of the players
-    budget_images: tuple[int, ...] = (200, 32)  # images evaluated at each of `budgets` (<= n_fidelity)
+    budget_images: tuple[int, ...] = (200, 24)  # images evaluated at each of `budgets` (<= n_fidelity)
     ig_steps: int = 16
     shapley_topk: float = 0.25  # top-k overlap with exact Shapley: this fraction of the groups
     # amortised task-specific explainer (FastSHAP / ViT-Shapley style), trained per task and head
-    fastshap_images: int = 512  # training images of the task
+    fastshap_images: int = 384  # training images of the task
     fastshap_samples: int = 32  # coalitions per training image (paired), evaluated once and reused
-    fastshap_epochs: int = 8
+    fastshap_epochs: int = 6
     fastshap_depth: int = 2
     fastshap_batch: int = 64
     fastshap_lr: float = 1e-3
@@ -251,7 +252,8 @@ PROFILES: dict[str, Profile] = {
         tve=TVEConfig(depth=1, embed_dim=32, mix_hidden=64, epochs=1, n_images=512,
                       batch_size=64, n_heldout=64),
         eval=EvalConfig(n_transfer=4, n_fidelity=8, n_shapley=2, budgets=(32, 64),
-                        sparsities=(0.0, 0.3, 0.6, 0.9), n_gallery=2, bootstrap=50,
+                        sparsities=(0.0, 0.3, 0.6, 0.9), n_gallery=2, bootstrap=50, masked_batch_size=256,
+                        shapley_groups=(2, 3),
                         perturbation_steps=(0.0, 0.3, 0.6, 0.9), deletion_steps=4, budget_images=(8, 4),
                         ig_steps=4, fastshap_images=64, fastshap_samples=8, fastshap_epochs=2,
                         fastshap_depth=1, fastshap_batch=32, fastshap_eval_images=4,
@@ -277,7 +279,7 @@ PROFILES: dict[str, Profile] = {
         tve=TVEConfig(arch="two", depth=12, embed_dim=768, num_heads=12, mix_hidden=1024,
                       windows_per_image=1, epochs=10, n_images=1_281_167, batch_size=64,
                       lr=1e-4, n_heldout=2048),
-        eval=EvalConfig(n_transfer=200, n_fidelity=1000, n_shapley=16, batch_size=128,
+        eval=EvalConfig(n_transfer=200, n_fidelity=1000, n_shapley=16, batch_size=128, masked_batch_size=256,
                         budget_images=(1000, 200), fastshap_images=10000, fastshap_epochs=20,
                         fastshap_depth=6, fastshap_eval_images=200, ablation_epochs=2,
                         ablation_images=100_000, ablation_n_images=500),

@@ -768,8 +768,9 @@ def claims(comparison: pd.DataFrame, sweep: pd.DataFrame, lam: float, cfg: XVecC
 
     1. Quality comparable to KernelSHAP-``compare_budget`` from one inference: per task, the
        fidelity/Shapley metrics where xvec is at least as good as KernelSHAP or their 95 %
-       intervals overlap; reproduced when that holds for more than half of them. 2. No real accuracy loss: accuracy(λ*) − accuracy(λ = 0) ≥
-       −``max_acc_drop``. 3. Failure on less-related domains: the gain of λ* over λ = 0 in
+       intervals overlap; reproduced when that holds for more than half of them.
+    2. No real accuracy loss: accuracy(λ*) − accuracy(λ = 0) ≥ −``max_acc_drop``.
+    3. Failure on less-related domains: the gain of λ* over λ = 0 in
        Shapley agreement on each ``unrelated_tasks`` target is at most the smallest gain on
        the related targets.
     """

@@ -61,7 +61,7 @@ def make_explainer(name: str, backbone: Backbone, suite: Any = None, **kw: Any) 
 
         if ev is not None:
             kw.setdefault("n_steps", ev.ig_steps)
-            kw.setdefault("internal_batch_size", ev.batch_size)
+            kw.setdefault("internal_batch_size", ev.masked_batch_size)
         return IntegratedGradients(backbone, **kw)
     if name == "gradcam":
         from .gradient import GradCAM
@@ -78,7 +78,7 @@ def make_explainer(name: str, backbone: Backbone, suite: Any = None, **kw: Any) 
             raise TypeError(f"{name} needs budget= (model calls per image)")
         if suite is not None:
             kw.setdefault("seed", suite.seed)
-            kw.setdefault("batch_size", ev.batch_size)
+            kw.setdefault("batch_size", ev.masked_batch_size)
         return (KernelSHAP if name == "kernelshap" else LIME)(backbone, **kw)
     if suite is None:
         raise ValueError(f"explainer {name!r} needs the suite (pre-trained / task-trained models)")

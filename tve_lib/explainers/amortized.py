@@ -109,7 +109,7 @@ class Amortized(Explainer):
 def _fid_plus_auc(expl: Amortized, head: nn.Module, images: torch.Tensor, cfg: EvalConfig) -> float:
     a = expl.explain(images, head)
     xs, y = perturbation_curves(expl.backbone, head, images, a, None, cfg.sparsities,
-                                batch_size=cfg.batch_size, which=("fid_plus",))["fid_plus"]
+                                batch_size=cfg.masked_batch_size, which=("fid_plus",))["fid_plus"]
     return auc(xs, y).mean().item()
 
 
@@ -173,8 +173,8 @@ def train_amortized(backbone: Backbone, heads: list[nn.Module], images: torch.Te
     gen = torch.Generator().manual_seed(seed)
     z = kernel_coalitions(p, n * cfg.fastshap_samples, gen).view(n, -1, p).to(images.device)
     edge = torch.stack([torch.zeros(p, dtype=torch.bool), torch.ones(p, dtype=torch.bool)]).to(images.device)
-    emb = masked_embeddings(backbone, images, z, cfg.batch_size)
-    e01 = masked_embeddings(backbone, images, edge, cfg.batch_size)
+    emb = masked_embeddings(backbone, images, z, cfg.masked_batch_size)
+    e01 = masked_embeddings(backbone, images, edge, cfg.masked_batch_size)
     out = []
     for h in heads:
         with torch.no_grad():
