@@ -12,7 +12,7 @@ from conftest import tiny_backbone
 from tve_lib import data as data_mod
 from tve_lib.backbones import Backbone, create_model, derive_grid, find_weights, obtain_backbone, wrap
 from tve_lib.config import BackboneSpec, get_profile
-from tve_lib.heads import check_head, make_head, train_head
+from tve_lib.heads import check_head, fold_standardization, head_accuracy, make_head, train_head
 from tve_lib.io import CorruptCheckpoint, load_torch, save_torch, upsert_csv
 from tve_lib.masking import apply_mask, pool_map, top_k_mask, windows
 from tve_lib.suite import Suite
@@ -241,6 +241,29 @@ def test_head_training_is_deterministic_by_seed(smoke):
     h3, _ = train_head(e, y, "mlp", 2, smoke.head_train, seed=2)
     assert all(torch.equal(a, b) for a, b in zip(h1.parameters(), h2.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(h1.parameters(), h3.parameters()))
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_folded_standardization_is_exact(kind):
+    torch.manual_seed(0)
+    e = torch.randn(40, 6, dtype=torch.float64) * torch.tensor([1e-3, 1, 10, 100, 0.5, 3.0]) + 7
+    mean, std = e.mean(0), e.std(0)
+    head = make_head(kind, 6, 3).double()
+    z_out = head((e - mean) / std)
+    fold_standardization(head, mean, std)
+    torch.testing.assert_close(head(e), z_out, rtol=1e-10, atol=1e-10)
+    assert isinstance(head if kind == "linear" else head[0], torch.nn.Linear)
+
+
+def test_standardized_probe_learns_badly_scaled_features(smoke):
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(400, 4, generator=g) * torch.tensor([1e-3, 1.0, 1.0, 1.0])
+    y = (e[:, 0] > 0).long()  # the decisive feature is 1000x smaller than the others
+    cfg = dataclasses.replace(smoke.head_train, epochs=150)
+    h, _ = train_head(e, y, "linear", 2, cfg, seed=0)
+    assert head_accuracy(h, e, y) > 0.95  # evaluated on raw embeddings: the fold is exact
+    h_raw, _ = train_head(e, y, "linear", 2, dataclasses.replace(cfg, standardize=False), seed=0)
+    assert head_accuracy(h_raw, e, y) < 0.9
 
 
 def test_upsert_csv_replaces_rows_by_key(tmp_path):

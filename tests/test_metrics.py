@@ -259,3 +259,26 @@ def test_shapley_references_efficiency_on_a_model():
     # the exact Shapley values agree perfectly with themselves spread back onto the players
     spread = (ref.values / groups.sum(1)) @ groups.float()
     assert M.spearman(group_sum(spread, groups), ref.values).tolist() == pytest.approx([1.0, 1.0])
+
+
+def _per_image_frame(values: dict[tuple[str, int], list[float]]):
+    import pandas as pd
+
+    rows = [dict(backbone="vit", task="t", head="linear", method=m, budget=b, metric="fid_plus_auc",
+                 image=i, value=v, seed=0)
+            for (m, b), vs in values.items() for i, v in enumerate(vs)]
+    return pd.DataFrame(rows)
+
+
+def test_verdict_and_amortisation_ceiling_are_paired_ratios():
+    from tve_lib.fidelity import amortisation_ceiling, tve_verdict
+
+    # KernelSHAP-1000 ran on images 0-1 only: comparisons use the common images
+    pi = _per_image_frame({("tve", 0): [0.4, 0.4, 0.1, 0.1], ("occlusion", 0): [0.5, 0.5, 0.1, 0.1],
+                           ("random", 0): [0.1, 0.1, 0.1, 0.1], ("kernelshap", 1000): [0.8, 0.8]})
+    v = tve_verdict(pi).iloc[0]
+    assert v.worst_method == "kernelshap-1000" and v.ratio == pytest.approx(0.5) and not v.ok
+    c = amortisation_ceiling(pi).iloc[0]
+    assert c.tve_over_target == pytest.approx(1.0 / 1.2)
+    assert c.best_method == "kernelshap-1000" and c.target_over_best == pytest.approx(0.625)
+    assert c.tve_over_best == pytest.approx(0.625 / 1.2)

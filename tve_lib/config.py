@@ -40,6 +40,7 @@ class HeadTrain:
     batch_size: int = 256
     lr: float = 1e-2
     mlp_hidden: int | None = None  # None: the embedding size
+    standardize: bool = True  # train on standardised embeddings, folded into the first layer after
 
 
 @dataclass(frozen=True)

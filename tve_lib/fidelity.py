@@ -291,3 +291,37 @@ def tve_verdict(per_image: pd.DataFrame, metric: str = "fid_plus_auc",
                          tve_same_images=mt, ratio=mt / mm if mm != 0 else float("nan"), n_images=n,
                          beats=beats, ok=bool(beats and mt >= ratio * mm)))
     return pd.DataFrame(rows)
+
+
+def amortisation_ceiling(per_image: pd.DataFrame, metric: str = "fid_plus_auc",
+                         target: str = "occlusion") -> pd.DataFrame:
+    """Splits TVE's gap to the best method into *amortisation* and *target* parts.
+
+    TVE amortises exact window occlusion (METHOD.md §1: ``f(x⊙W_i) − f(x⊙(1−W_i))``), so its
+    Fidelity⁺ AUC is bounded, up to amortisation error, by that of ``target``. Per backbone × task ×
+    head (paired on common images): ``tve_over_target`` (how well TVE amortises its target),
+    ``target_over_best`` (how good the target quantity itself is against the best other method,
+    ``best_method``), and their product ``tve_over_best``.
+    """
+    d = per_image[per_image.metric == metric].copy()
+    d["label"] = [method_label(m, b) for m, b in zip(d.method, d.budget.fillna(0))]
+    rows = []
+    for (b, t, h), g in d.groupby(["backbone", "task", "head"]):
+        by = {lab: gm.set_index("image").value for lab, gm in g.groupby("label")}
+        if "tve" not in by or target not in by:
+            continue
+        tve, occ = by["tve"], by[target]
+        common = tve.index.intersection(occ.index)
+        best_lab, best_ratio = None, float("inf")
+        for lab, vm in by.items():
+            if lab in ("tve", target):
+                continue
+            c = occ.index.intersection(vm.index)
+            r = occ.loc[c].mean() / vm.loc[c].mean() if vm.loc[c].mean() != 0 else float("nan")
+            if r < best_ratio:
+                best_lab, best_ratio = lab, r
+        t_o = tve.loc[common].mean() / occ.loc[common].mean()
+        rows.append(dict(backbone=b, task=t, head=h, tve_over_target=t_o, best_method=best_lab,
+                         target_over_best=best_ratio, tve_over_best=t_o * best_ratio,
+                         n_images=len(common)))
+    return pd.DataFrame(rows)

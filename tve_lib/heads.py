@@ -49,12 +49,35 @@ def last_linear(head: nn.Module) -> nn.Linear:
     return lin[-1]
 
 
+@torch.no_grad()
+def fold_standardization(head: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> nn.Module:
+    """Fold ``z = (e - mean) / std`` into the head's first Linear layer, in place.
+
+    The head then takes raw embeddings and computes exactly what it computed on standardised ones,
+    and stays a plain Linear / MLP (the transfer rule and the last-layer comparison need that).
+    """
+    first = next(m for m in head.modules() if isinstance(m, nn.Linear))
+    w = first.weight / std
+    first.bias.sub_(w @ mean)
+    first.weight.copy_(w)
+    return head
+
+
 def train_head(emb: torch.Tensor, labels: torch.Tensor, kind: str, num_classes: int,
                cfg: HeadTrain, seed: int) -> tuple[nn.Module, list[float]]:
-    """Train a head on embeddings with AdamW and a cosine schedule; returns (head, epoch losses)."""
+    """Train a head on embeddings with AdamW and a cosine schedule; returns (head, epoch losses).
+
+    With ``cfg.standardize`` the head is trained on per-feature standardised embeddings and the
+    standardisation is then folded into its first layer: the embeddings of a small backbone vary in
+    scale by orders of magnitude across features, which slows a probe trained with Adam.
+    """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = make_head(kind, emb.shape[1], num_classes, cfg.mlp_hidden).to(emb.device)
+    mean = std = None
+    if cfg.standardize:
+        mean, std = emb.mean(0), emb.std(0).clamp_min(1e-6)
+        emb = (emb - mean) / std
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps = cfg.epochs * max(1, -(-len(emb) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -72,6 +95,8 @@ def train_head(emb: torch.Tensor, labels: torch.Tensor, kind: str, num_classes: 
             tot += loss.item() * len(i)
         losses.append(tot / len(emb))
     head.eval().requires_grad_(False)
+    if mean is not None:
+        fold_standardization(head, mean, std)
     return head, losses
 
 
