@@ -87,6 +87,17 @@ def test_tve_outputs(smoke_results):
     assert (smoke_results / "tve" / "run.json").exists()
 
 
+def test_fidelity_diagnostics(smoke_results):
+    ceiling = pd.read_csv(smoke_results / "fidelity" / "tve_ceiling.csv")
+    assert len(ceiling) and (ceiling.tve_over_target > 0).all()
+    np_ = ceiling.tve_over_target * ceiling.target_over_best
+    assert (np_ - ceiling.tve_over_best).abs().max() < 1e-9
+    abl = pd.read_csv(smoke_results / "fidelity" / "ablations.csv")
+    ts = abl[abl.metric == "transfer_spearman"]
+    assert len(ts) and ts.value.between(-1, 1).all()
+    assert {"pre-training set", "radius"} <= set(ts.ablation)
+
+
 def test_rerun_skips_completed_notebooks(smoke_results, capsys):
     code = runner.run("smoke", only=["00"], results_dir=smoke_results.parent, device="cpu")
     assert code == 0

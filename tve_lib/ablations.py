@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from . import metrics as M
 from .config import Profile, TVEConfig
-from .fidelity import cached_shapley_references, concat, evaluate_maps, evaluation_indices
+from .fidelity import SUMMARY_COLUMNS, cached_shapley_references, concat, evaluate_maps, evaluation_indices
 from .heads import HEAD_KINDS
 from .io import CorruptCheckpoint
 from .masking import default_radius
@@ -112,6 +113,11 @@ def run_ablations(suite, backbone: str, variants: Sequence[Variant], tasks: Sequ
     """Summary rows (the fidelity summary columns plus ``variant``, ``ablation``, ``seconds``) of
     every variant on ``ablation_n_images`` test images of each task and head.
 
+    Besides the fidelity metrics, ``transfer_spearman`` is the mean per-image Spearman correlation of
+    the variant's map with the exact window quantity it amortises at its own radius (notebook 02's
+    transfer error), on the first ``eval.n_transfer`` of those images: it shows how the amortisation
+    error moves with each factor (e.g. pre-training budget), separately from fidelity.
+
     Distinct explainers are built and evaluated once; the reference's rows are repeated under
     each factor. ``seconds`` is the variant's pre-training (or loading) time.
     """
@@ -132,6 +138,23 @@ def run_ablations(suite, backbone: str, variants: Sequence[Variant], tasks: Sequ
         refs = cached_shapley_references(suite, backbone, t, x, heads, kinds, targets)
         data[t] = (x, None if masks is None else masks.to(suite.device), heads, targets, refs)
 
+    exact: dict[tuple[str, int], list[torch.Tensor]] = {}
+
+    def transfer_rows(t: str, k: str, i: int, a: torch.Tensor, radius: int) -> pd.DataFrame:
+        from .tve import window_occlusion
+
+        x, _, heads, targets, _ = data[t]
+        n = min(ev.n_transfer, len(x))
+        if (t, radius) not in exact:
+            with torch.no_grad():
+                exact[(t, radius)] = [window_occlusion(bb, h, x[:n], tg[:n], radius, ev.masked_batch_size)
+                                      for h, tg in zip(heads, targets)]
+        sp = M.spearman(a[:n], exact[(t, radius)][i])
+        mean, lo, hi, m = M.bootstrap_ci(sp, ev.bootstrap, seed=suite.seed * 7919 + 101)
+        row = dict(backbone=backbone, task=t, head=k, method="tve", budget=0, metric="transfer_spearman",
+                   value=mean, ci_low=lo, ci_high=hi, n_images=m, seed=suite.seed)
+        return pd.DataFrame([row])[SUMMARY_COLUMNS]
+
     done: dict[str, pd.DataFrame] = {}
     rows = []
     for v in variants:
@@ -143,10 +166,10 @@ def run_ablations(suite, backbone: str, variants: Sequence[Variant], tasks: Sequ
             parts = []
             for t, (x, masks, heads, targets, refs) in data.items():
                 maps = expl.explain_tasks(x, heads, targets)
-                for k, h, tg, a, ref in zip(kinds, heads, targets, maps, refs):
+                for i, (k, h, tg, a, ref) in enumerate(zip(kinds, heads, targets, maps, refs)):
                     _, s = evaluate_maps(bb, h, x, {"tve": a}, tg, masks, ev, shapley=ref,
                                          meta=dict(backbone=backbone, task=t, head=k), seed=suite.seed)
-                    parts.append(s)
+                    parts += [s, transfer_rows(t, k, i, a, expl.radius)]
             done[ident] = concat(parts).assign(seconds=secs)
             say(f"[{backbone}] {v.ablation}: {v.variant}: ready in {secs:.1f} s, evaluated in "
                 f"{time.time() - t0 - secs:.1f} s")

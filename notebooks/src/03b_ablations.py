@@ -63,11 +63,15 @@ print(f"ablations in {time.time() - t0:.0f} s")
 
 # %% [markdown]
 # ## The ablation figure
-# Fidelity⁺ AUC (↑) and Fidelity⁻ AUC (↓) of each variant, per task (mean of the linear and MLP heads).
+# Fidelity⁺ AUC (↑) and Fidelity⁻ AUC (↓) of each variant, per task (mean of the linear and MLP heads); then
+# agreement with exact Shapley values, and `transfer_spearman`: the mean per-image Spearman correlation of the
+# variant's map with the exact window quantity it amortises (notebook 02's transfer error, first
+# `eval.n_transfer` images). The last one isolates the amortisation error: the pre-training-set and budget
+# rows show how far more pre-training moves it.
 
 # %%
 table = table[(table.seed == SEED) & table.backbone.isin(ABLATION_BACKBONES)]
-for metric in ("fid_plus_auc", "fid_minus_auc", "shapley_spearman"):
+for metric in ("fid_plus_auc", "fid_minus_auc", "shapley_spearman", "transfer_spearman"):
     fig = ablation_bars(table, metric)
     savefig(fig, suite.path("figures", f"03b_ablation_{metric}"))
 
