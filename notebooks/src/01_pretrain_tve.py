@@ -15,8 +15,8 @@
 #
 # **Suite choices** (configurable in `tve_lib.config.TVEConfig`): the profile's explainer is a ViT trunk on
 # the backbone's player grid, initialised from the backbone's weights where names and shapes agree, with
-# token/channel-mixing heads; `arch="shared"` (one trunk, two heads) in cpu/smoke, `arch="two"` (the
-# official two independent trunks) in paper; `K` windows per image (`K=1` is the official setting); radius
+# token/channel-mixing heads; `arch="two"` (the official two independent trunks) in every profile, or
+# `arch="shared"` (one trunk, two heads: cheaper; notebook 03b compares them, and two trunks win clearly); `K` windows per image (`K=1` is the official setting); radius
 # `r = round(2G/14)` (the official `r=2` at 14×14). Multi-GPU: `torchrun --nproc_per_node=N -m
 # tve_lib.distributed --profile paper` runs this same loop under DistributedDataParallel.
 
