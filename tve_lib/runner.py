@@ -64,6 +64,13 @@ def run(profile: str = "cpu", only: list[str] | None = None, keep_going: bool = 
     walls = record.get("notebook_wall_s", {})
     status = 0
     t_all = time.time()
+
+    def record_run() -> None:
+        # after every notebook, so that a later notebook (07's report) and an interrupted run see this run
+        write_json(provenance(params, seed, device if device != "auto" else _auto_device(),
+                              round(time.time() - t_all, 1), profile=profile, notebook_wall_s=walls,
+                              total_notebook_wall_s=round(sum(walls.values()), 1)), run_json)
+
     for nb in notebook_list(only):
         out = out_dir / nb.name
         stamp = out_dir / f"{nb.stem}.stamp.json"
@@ -91,9 +98,8 @@ def run(profile: str = "cpu", only: list[str] | None = None, keep_going: bool = 
         walls[nb.stem] = round(time.time() - t0, 1)
         write_json({"commit": commit, "parameters": params, "wall_s": walls[nb.stem]}, stamp)
         print(f"[done] {nb.name} in {walls[nb.stem]:.0f} s", flush=True)
-    write_json(provenance(params, seed, device if device != "auto" else _auto_device(),
-                          round(time.time() - t_all, 1), profile=profile, notebook_wall_s=walls,
-                          total_notebook_wall_s=round(sum(walls.values()), 1)), run_json)
+        record_run()
+    record_run()
     return status
 
 
