@@ -98,6 +98,14 @@ def test_fidelity_diagnostics(smoke_results):
     assert {"pre-training set", "radius"} <= set(ts.ablation)
 
 
+def test_fidelity_reruns_after_later_notebooks_appended(smoke_results):
+    # 05 and 06 append LTX / xvec rows to fidelity/summary.csv; rerunning 03 must still work
+    summary = pd.read_csv(smoke_results / "fidelity" / "summary.csv")
+    assert {"ltx", "pltx", "xvec"} <= set(summary.method)
+    code = runner.run("smoke", only=["03"], force=True, results_dir=smoke_results.parent, device="cpu")
+    assert code == 0
+
+
 def test_rerun_skips_completed_notebooks(smoke_results, capsys):
     code = runner.run("smoke", only=["00"], results_dir=smoke_results.parent, device="cpu")
     assert code == 0

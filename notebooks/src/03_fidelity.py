@@ -106,8 +106,11 @@ display(timing.pivot_table(index=["method", "budget"], columns="backbone", value
 # %%
 curves = pd.read_csv(paths["curves"])
 summary = pd.read_csv(paths["summary"])
-summary = summary[(summary.seed == SEED) & summary.backbone.isin(backbones) & summary.task.isin(tasks)]
-curves = curves[(curves.seed == SEED) & curves.backbone.isin(backbones) & curves.task.isin(tasks)]
+# notebooks 05 and 06 append their methods (LTX, xvec) to the same files: this notebook reports its own
+summary = summary[(summary.seed == SEED) & summary.backbone.isin(backbones) & summary.task.isin(tasks)
+                  & summary.method.isin(METHODS)]
+curves = curves[(curves.seed == SEED) & curves.backbone.isin(backbones) & curves.task.isin(tasks)
+                & curves.method.isin(METHODS)]
 for head in ("linear", "mlp"):
     for metric in ("fid_plus_auc", "fid_minus_auc"):
         fig = auc_bars(summary, metric, head)
@@ -174,7 +177,8 @@ for (b, t), r in galleries.items():
 
 # %%
 per_image = pd.read_csv(paths["per_image"])
-per_image = per_image[(per_image.seed == SEED) & per_image.backbone.isin(backbones) & per_image.task.isin(tasks)]
+per_image = per_image[(per_image.seed == SEED) & per_image.backbone.isin(backbones) & per_image.task.isin(tasks)
+                      & per_image.method.isin(METHODS)]
 verdict = tve_verdict(per_image)
 write_csv(verdict, suite.path("fidelity", "tve_check.csv"))
 display(verdict.round(3))
