@@ -195,15 +195,16 @@ for row in verdict[~verdict.ok].itertuples():
 # amortisation error (pre-training budget, explainer size), the second is how good the window quantity itself
 # is as a ranking of patches, which no amount of pre-training can raise. The table splits every combination.
 #
-# **Finding (cpu run of 2026-11-30, 200 images per task; the cell below recomputes it).** TVE passes the
-# acceptance check on 3 of 18 combinations; TVE / best has median 0.80 (0.31–0.93). Split into its factors:
-# TVE / occlusion has median **0.95** (0.82–1.01): TVE amortises its target well, and more pre-training can
-# only close that last 5 %. Occlusion / best has median **0.84** (0.34–0.95): the exact window quantity is
-# itself a weaker ranking than LIME / KernelSHAP at 1,000 calls or IG, and on Swin's MLP head for the binary
-# task it ranks below random (0.30 vs 0.34 Fidelity⁺ AUC), which TVE inherits. TVE loses to Grad-CAM, rollout
-# or random in 7 combinations: in 5 of them occlusion itself is within 2 points of that method or below it; in
-# the other 2 (DeiT and ViT, mosaic task, MLP head) the amortisation error decides: it is largest on the
-# mosaics (TVE / occlusion 0.82–0.89), the images furthest from the single items TVE was pre-trained on.
+# **Finding (cpu run of 2026-11-30, two-trunk explainer, 200 images per task; the cell below recomputes it).**
+# TVE passes the acceptance check on 2 of 18 combinations; TVE / best has median 0.82 (0.30–0.92). Split into
+# its factors: TVE / occlusion has median **0.96** (0.82–1.01): TVE amortises its target well, and more
+# pre-training can only close that last 4 %. Occlusion / best has median **0.84** (0.34–0.95): the exact window
+# quantity is itself a weaker ranking than LIME / KernelSHAP at 1,000 calls or IG, and on Swin's MLP head for
+# the binary task it ranks below random (0.30 vs 0.34 Fidelity⁺ AUC), which TVE inherits. TVE loses to
+# Grad-CAM, rollout or random in 5 combinations: in 4 of them occlusion itself is within 2 points of that
+# method or below it; in the fifth (ViT, mosaic task, MLP head) the amortisation error decides: it is largest
+# on the mosaics (TVE / occlusion 0.82–0.88 on ViT and DeiT), the images furthest from the single items TVE
+# was pre-trained on.
 # Why: with r = 1 on the 8×8 grid a window is 3×3 of 64 patches, and its keep/remove contrast measures
 # the window in the context of the *whole rest of the image*, while Fidelity⁺ removes growing *sets* of
 # patches whose interactions the sampling methods (and IG's path) capture. So the 0.9× target is out of

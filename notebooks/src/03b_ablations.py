@@ -37,7 +37,6 @@ from IPython.display import display
 
 from tve_lib import Suite
 from tve_lib.ablations import ablation_variants, reference_config, run_ablations
-from tve_lib.fidelity import SUMMARY_KEYS
 from tve_lib.fidelity_plots import ablation_bars
 from tve_lib.io import upsert_csv
 from tve_lib.plots import savefig
@@ -58,7 +57,8 @@ t0 = time.time()
 for b in ABLATION_BACKBONES:
     variants = ablation_variants(suite.profile, suite.backbone(b).grid)
     abl = run_ablations(suite, b, variants)
-    table = upsert_csv(abl, path, SUMMARY_KEYS + ["ablation", "variant"])
+    # a backbone's ablation is rerun whole: replace all its rows (variant labels move with the reference)
+    table = upsert_csv(abl, path, ["backbone", "seed"])
 print(f"ablations in {time.time() - t0:.0f} s")
 
 # %% [markdown]
