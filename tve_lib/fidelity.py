@@ -259,6 +259,20 @@ def run_task(suite, backbone: str, task: str, methods: Sequence[str] | None = No
                       raw[:ng].cpu(), None if masks is None else masks[:ng].cpu())
 
 
+def _settings(per_image: pd.DataFrame, metric: str):
+    """Per backbone × task × head: ``(key, {method label: per-image values indexed by image})``."""
+    d = per_image[per_image.metric == metric].copy()
+    d["label"] = [method_label(m, b) for m, b in zip(d.method, d.budget.fillna(0))]
+    for key, g in d.groupby(["backbone", "task", "head"]):
+        yield key, {lab: gm.set_index("image").value for lab, gm in g.groupby("label")}
+
+
+def _paired_means(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
+    """Means of ``a`` and ``b`` over their common images (large budgets run on a subset)."""
+    common = a.index.intersection(b.index)
+    return a.loc[common].mean(), b.loc[common].mean(), len(common)
+
+
 def tve_verdict(per_image: pd.DataFrame, metric: str = "fid_plus_auc",
                 must_beat: Sequence[str] = ("random", "gradcam", "rollout"), ratio: float = 0.9) -> pd.DataFrame:
     """The acceptance check of notebook 03, from per-image values (``fidelity/per_image.csv``).
@@ -271,18 +285,12 @@ def tve_verdict(per_image: pd.DataFrame, metric: str = "fid_plus_auc",
     of that comparison; beats (TVE above every method in ``must_beat`` present); ok (beats, and
     the margin ≥ 0 against every method).
     """
-    d = per_image[per_image.metric == metric].copy()
-    d["label"] = [method_label(m, b) for m, b in zip(d.method, d.budget.fillna(0))]
     rows = []
-    for (b, t, h), g in d.groupby(["backbone", "task", "head"]):
-        tve = g[g.label == "tve"].set_index("image").value
-        if not len(tve):
+    for (b, t, h), by in _settings(per_image, metric):
+        tve = by.get("tve")
+        if tve is None or not len(tve):
             continue
-        cmp = []
-        for lab, gm in g[g.label != "tve"].groupby("label"):
-            vm = gm.set_index("image").value
-            common = vm.index.intersection(tve.index)
-            cmp.append((lab, tve.loc[common].mean(), vm.loc[common].mean(), len(common)))
+        cmp = [(lab, *_paired_means(tve, vm)) for lab, vm in by.items() if lab != "tve"]
         if not cmp:
             continue
         beats = all(mt > mm for lab, mt, mm, _ in cmp if lab in must_beat)
@@ -303,25 +311,19 @@ def amortisation_ceiling(per_image: pd.DataFrame, metric: str = "fid_plus_auc",
     ``target_over_best`` (how good the target quantity itself is against the best other method,
     ``best_method``), and their product ``tve_over_best``.
     """
-    d = per_image[per_image.metric == metric].copy()
-    d["label"] = [method_label(m, b) for m, b in zip(d.method, d.budget.fillna(0))]
     rows = []
-    for (b, t, h), g in d.groupby(["backbone", "task", "head"]):
-        by = {lab: gm.set_index("image").value for lab, gm in g.groupby("label")}
+    for (b, t, h), by in _settings(per_image, metric):
         if "tve" not in by or target not in by:
             continue
-        tve, occ = by["tve"], by[target]
-        common = tve.index.intersection(occ.index)
+        mt, mo, n = _paired_means(by["tve"], by[target])
         best_lab, best_ratio = None, float("inf")
         for lab, vm in by.items():
             if lab in ("tve", target):
                 continue
-            c = occ.index.intersection(vm.index)
-            r = occ.loc[c].mean() / vm.loc[c].mean() if vm.loc[c].mean() != 0 else float("nan")
+            mo_c, mm, _ = _paired_means(by[target], vm)
+            r = mo_c / mm if mm != 0 else float("nan")
             if r < best_ratio:
                 best_lab, best_ratio = lab, r
-        t_o = tve.loc[common].mean() / occ.loc[common].mean()
-        rows.append(dict(backbone=b, task=t, head=h, tve_over_target=t_o, best_method=best_lab,
-                         target_over_best=best_ratio, tve_over_best=t_o * best_ratio,
-                         n_images=len(common)))
+        rows.append(dict(backbone=b, task=t, head=h, tve_over_target=mt / mo, best_method=best_lab,
+                         target_over_best=best_ratio, tve_over_best=mt / mo * best_ratio, n_images=n))
     return pd.DataFrame(rows)
