@@ -1,4 +1,7 @@
-"""Run by tests/test_tve.py under torchrun: pre-train a tiny TVE and dump the per-step losses."""
+"""Run by tests/test_tve.py under torchrun: pre-train a tiny TVE and dump the per-step losses.
+
+    ddp_worker.py OUT.json [ARCH SAMPLER]   (dense: rank 0 builds the target store beside OUT)
+"""
 
 import json
 import sys
@@ -22,8 +25,9 @@ g = torch.Generator().manual_seed(0)
 imgs = torch.rand(96, 1, 32, 32, generator=g)
 train = TensorImageSet("synthetic", imgs[:64], torch.zeros(64), ["x"])
 val = TensorImageSet("synthetic", imgs[64:], torch.zeros(32), ["x"])
+arch, sampler = (sys.argv[2], sys.argv[3]) if len(sys.argv) > 3 else ("two", "online")
 cfg = TVEConfig(depth=1, embed_dim=32, mix_hidden=32, epochs=2, n_images=64, batch_size=16,
-                windows_per_image=2, n_heldout=16, lr=3e-3)
+                windows_per_image=2, n_heldout=16, lr=3e-3, arch=arch, sampler=sampler)
 torch.manual_seed(0)
 model = build_explainer(bb, cfg)
 steps = []

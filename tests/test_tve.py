@@ -1,5 +1,6 @@
 """TVE: the transfer rule against brute force, invariances, resume and DDP equivalence."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -63,7 +64,10 @@ class ExactPhi(nn.Module):
         self.bb, self.radius = bb, radius
         self.embed_dim, self.grid = bb.embed_dim, bb.grid
 
-    def forward(self, x):
+    def prepare(self, bb, x):
+        return x, bb.embed(x)
+
+    def forward(self, x, base=None):
         return tve_mod.all_window_embeddings(self.bb, x, self.radius)
 
 
@@ -117,7 +121,7 @@ def test_lambdas_and_pooling():
 
 
 @pytest.mark.parametrize("name", ["vit", "deit", "swin"])
-@pytest.mark.parametrize("arch", ["shared", "two"])
+@pytest.mark.parametrize("arch", ["shared", "two", "tapped"])
 def test_explain_shapes_batch_invariance_and_seed(name, arch):
     bb = tiny_backbone(name)
     cfg = TVEConfig(arch=arch, depth=1, embed_dim=32, mix_hidden=32)
@@ -161,11 +165,12 @@ def _data(seed: int = 0):
             TensorImageSet("s", imgs[32:], torch.zeros(16), ["x"]))
 
 
-def test_pretraining_reduces_the_loss_and_is_deterministic(tmp_path):
+@pytest.mark.parametrize("arch,sampler", [("two", "online"), ("tapped", "online"), ("tapped", "dense")])
+def test_pretraining_reduces_the_loss_and_is_deterministic(tmp_path, arch, sampler):
     bb = tiny_backbone("vit")
     train, val = _data()
     cfg = TVEConfig(depth=1, embed_dim=32, mix_hidden=32, epochs=4, n_images=32, batch_size=8,
-                    windows_per_image=2, n_heldout=16, lr=3e-3)
+                    windows_per_image=2, n_heldout=16, lr=3e-3, arch=arch, sampler=sampler)
     hist = []
     for run in range(2):
         torch.manual_seed(0)
@@ -176,12 +181,14 @@ def test_pretraining_reduces_the_loss_and_is_deterministic(tmp_path):
     assert [h["loss_keep"] for h in hist[0]] == [h["loss_keep"] for h in hist[1]]
 
 
-def test_resume_after_interrupted_epoch_gives_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cfg", [TINY, dataclasses.replace(TINY, arch="tapped", sampler="dense")],
+                         ids=["two-online", "tapped-dense"])
+def test_resume_after_interrupted_epoch_gives_the_same_weights(tmp_path, cfg):
     bb = tiny_backbone("vit")
     train, val = _data()
     torch.manual_seed(0)
-    ref = tve_mod.build_explainer(bb, TINY)
-    tve_mod.pretrain(ref, bb, train, val, TINY, tmp_path / "ref.pt", 0, progress=False)
+    ref = tve_mod.build_explainer(bb, cfg)
+    tve_mod.pretrain(ref, bb, train, val, cfg, tmp_path / "ref.pt", 0, progress=False)
 
     calls = {"n": 0}
 
@@ -191,28 +198,29 @@ def test_resume_after_interrupted_epoch_gives_the_same_weights(tmp_path, monkeyp
             raise KeyboardInterrupt
 
     torch.manual_seed(0)
-    m = tve_mod.build_explainer(bb, TINY)
+    m = tve_mod.build_explainer(bb, cfg)
     with pytest.raises(KeyboardInterrupt):
-        tve_mod.pretrain(m, bb, train, val, TINY, tmp_path / "cut.pt", 0, progress=False, on_step=interrupt)
+        tve_mod.pretrain(m, bb, train, val, cfg, tmp_path / "cut.pt", 0, progress=False, on_step=interrupt)
     assert (tmp_path / "cut.partial.pt").exists() and not (tmp_path / "cut.pt").exists()
     torch.manual_seed(123)  # a different init: everything must come from the checkpoint
-    m2 = tve_mod.build_explainer(bb, TINY)
-    tve_mod.pretrain(m2, bb, train, val, TINY, tmp_path / "cut.pt", 0, progress=False)
+    m2 = tve_mod.build_explainer(bb, cfg)
+    tve_mod.pretrain(m2, bb, train, val, cfg, tmp_path / "cut.pt", 0, progress=False)
     for a, b in zip(ref.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
     assert not (tmp_path / "cut.partial.pt").exists()
 
 
-def _torchrun(n: int, out: Path) -> dict:
+def _torchrun(n: int, out: Path, arch: str = "two", sampler: str = "online") -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           str(Path(__file__).parent / "ddp_worker.py"), str(out)]
+           str(Path(__file__).parent / "ddp_worker.py"), str(out), arch, sampler]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(out.read_text())
 
 
-def test_ddp_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("arch,sampler", [("two", "online"), ("tapped", "dense")])
+def test_ddp_two_processes_match_one_process(tmp_path, arch, sampler):
     """gloo, 2 CPU processes vs 1 with the same global batch.
 
     Every rank draws the same permutation and window centres and takes its half of each global
@@ -220,8 +228,8 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     Only float32 summation order differs (all-reduce vs one sum), so per-step losses agree to
     ~1e-6 relative; after 8 AdamW steps we allow 1e-4 relative, far below the step-to-step change.
     """
-    one = _torchrun(1, tmp_path / "one.json")
-    two = _torchrun(2, tmp_path / "two.json")
+    one = _torchrun(1, tmp_path / "one.json", arch, sampler)
+    two = _torchrun(2, tmp_path / "two.json", arch, sampler)
     assert two["world"] == 2 and len(one["steps"]) == len(two["steps"]) == 8
     a = torch.tensor(one["steps"])[:, 1:]
     b = torch.tensor(two["steps"])[:, 1:]

@@ -57,7 +57,18 @@ class TVEConfig:
     residual: bool = True  # Φ⁻ = g(x) + Δ: the remove branch predicts the change from the full image
     keep_weight: float = 1.0  # weight of the keep-branch MSE (its targets vary ~20x less in cpu)
     radius: int | None = None  # None: scales with the grid, r = round(2 G / 14) (r=2 at 14x14)
-    windows_per_image: int = 2  # K; K=1 is the official setting
+    windows_per_image: int = 2  # K of the online sampler; K=1 is the official setting; K >= G²: every window
+    # "dense": every window of every image from a stored target set (tve_lib.targets), reused each epoch;
+    # "online": K windows drawn per image per step, targets computed on the fly (upstream sets too big to store)
+    sampler: str = "online"
+    target_dtype: str = "float16"  # the target store's precision
+    tap_layers: int = 2  # arch "tapped": how many of the backbone's last token maps it reads
+    # weight of the within-image part of the squared error (every window only): 1 = the plain MSE
+    centred_weight: float = 1.0
+    # upstream augmentation (tve_lib.augment): "none", or "composite": this fraction of the pre-training
+    # images replaced by 2x2 composites of half-size upstream images and zoomed, shifted single images
+    augment: str = "none"
+    augment_frac: float = 0.5
     epochs: int = 2
     n_images: int = 30000
     batch_size: int = 128

@@ -63,6 +63,7 @@ class Suite:
         self._backbones: dict[str, bbs.Backbone] = {}
         self._histories: dict[str, list[dict]] = {}
         self._tasks: dict[str, data_mod.Task] = {}
+        self._pretrain_sets: dict[tuple, data_mod.ImageSet] = {}
         seed_everything(seed)
 
     # ------------------------------------------------------------------ paths
@@ -219,8 +220,20 @@ class Suite:
                 ckpt.unlink()
         torch.manual_seed(self.seed)
         model = tve.build_explainer(bb, cfg)
-        tve.pretrain(model, bb, self.upstream[0], self.upstream[1], cfg, ckpt, self.seed, radius)
+        tve.pretrain(model, bb, self.pretrain_set(cfg), self.upstream[1], cfg, ckpt, self.seed, radius,
+                     store_dir=self.ckpt_dir)
         return tve.TVE(bb, model, radius, **transfer)
+
+    def pretrain_set(self, cfg=None):
+        """The upstream training images TVE pre-trains on, augmented as ``cfg.augment`` says."""
+        from .augment import augmented_upstream
+
+        cfg = cfg or self.profile.tve
+        key = (cfg.augment, cfg.augment_frac)
+        if key not in self._pretrain_sets:
+            self._pretrain_sets[key] = augmented_upstream(self.upstream[0], cfg.augment, cfg.augment_frac,
+                                                          self.seed)
+        return self._pretrain_sets[key]
 
     def tve_history(self, backbone: str, cfg=None) -> list[dict]:
         """Pre-training rows of the cached explainer of ``backbone``."""

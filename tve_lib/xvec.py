@@ -45,7 +45,7 @@ from .heads import head_accuracy, last_linear
 from .io import CorruptCheckpoint, load_torch, save_torch
 from .metrics import DIRECTION, masked_embeddings
 from .shapley import ShapleyReference, kernel_coalitions, kernel_shap, player_groups, shapley_references
-from .tve import _lr_lambda
+from .tve_train import _lr_lambda
 
 if TYPE_CHECKING:
     from .suite import Suite

@@ -1,0 +1,144 @@
+"""Dense TVE supervision: the target store, the dense loss, and dense == online on the same windows."""
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import tiny_backbone
+
+from tve_lib import tve as tve_mod
+from tve_lib.augment import augmented_upstream
+from tve_lib.config import TVEConfig
+from tve_lib.data import TensorImageSet
+from tve_lib.targets import backbone_digest, token_store, upstream_order, window_store
+from tve_lib.tve_train import tve_loss
+
+TINY = TVEConfig(depth=1, embed_dim=16, mix_hidden=16, epochs=2, n_images=12, batch_size=4, n_heldout=4,
+                 lr=3e-3, sampler="dense")
+
+
+def _sets(n: int = 24, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.rand(n + 8, 1, 32, 32, generator=g)
+    return (TensorImageSet("s", imgs[:n], torch.zeros(n), ["x"]),
+            TensorImageSet("s", imgs[n:], torch.zeros(8), ["x"]))
+
+
+def test_stored_targets_equal_all_window_embeddings(tmp_path):
+    bb = tiny_backbone("vit")
+    train, _ = _sets()
+    store, compute = window_store(bb, train, tmp_path, 0, 1, "float16")
+    store.shard_size = 5
+    store.build(12, compute, progress=False)
+    got = store.load(12)
+    ids = upstream_order(train, 0)[:12]
+    x = bb.normalize(train.get(ids)[0])
+    k, r = tve_mod.all_window_embeddings(bb, x, 1)
+    assert got["keep"].dtype == torch.float16 and got["keep"].shape == k.shape
+    # float16 keeps 11 significant bits: relative error <= 2^-11 (plus the subnormal floor)
+    for a, b in ((got["keep"], k), (got["remove"], r), (got["base"], bb.embed(x))):
+        assert torch.allclose(a.float(), b, rtol=2 ** -10, atol=1e-4)
+    assert store.cost(12) > 0 and store.cost(6) < store.cost(12)
+
+
+def test_interrupted_store_build_resumes_to_the_same_files(tmp_path):
+    bb = tiny_backbone("vit")
+    train, _ = _sets()
+    ref, compute = window_store(bb, train, tmp_path / "ref", 0, 1, "float16")
+    ref.shard_size = 4
+    ref.build(20, compute, progress=False)
+
+    cut, compute2 = window_store(bb, train, tmp_path / "cut", 0, 1, "float16")
+    cut.shard_size = 4
+    calls = {"n": 0}
+
+    def dying(ids):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return compute2(ids)
+
+    with pytest.raises(KeyboardInterrupt):
+        cut.build(20, dying, progress=False)
+    assert len(list(cut.dir.glob("shard_*.pt"))) == 2 and not list(cut.dir.glob("*.tmp"))
+    (cut.dir / "shard_00001.pt").write_bytes(b"truncated")  # a damaged shard is recomputed, not trusted
+    redone = []
+    cut.build(20, lambda ids: redone.append(len(ids)) or compute2(ids), progress=False)
+    assert redone == [4, 4, 4, 4]  # shards 1-4; shard 0 was kept
+    a, b = ref.load(20), cut.load(20)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_store_key_follows_weights_radius_and_images(tmp_path):
+    bb, other = tiny_backbone("vit", seed=0), tiny_backbone("vit", seed=1)
+    train, _ = _sets()
+    train2, _ = _sets(seed=3)
+    d = {window_store(b, t, tmp_path, 0, r, "float16")[0].dir for b, t, r in
+         ((bb, train, 1), (other, train, 1), (bb, train, 2), (bb, train2, 1))}
+    assert len(d) == 4
+    assert backbone_digest(bb) == backbone_digest(tiny_backbone("vit", seed=0))
+
+
+def test_dense_loss_is_the_mean_of_per_window_losses():
+    g = torch.Generator().manual_seed(0)
+    pk, pr, tk, tr = (torch.randn(3, 16, 5, generator=g, dtype=torch.float64) for _ in range(4))
+    lk, lr = tve_loss(pk, pr, tk, tr, None)
+    per_k = torch.stack([((pk[:, i] - tk[:, i]) ** 2).mean() for i in range(16)])
+    per_r = torch.stack([((pr[:, i] - tr[:, i]) ** 2).mean() for i in range(16)])
+    assert torch.allclose(lk, per_k.mean()) and torch.allclose(lr, per_r.mean())
+    # the centred split with weight 1 is the same MSE; other weights move only the within-image part
+    assert torch.allclose(tve_loss(pk, pr, tk, tr, None, 1.0)[0], lk)
+    shift = pk + torch.randn(3, 1, 5, generator=g, dtype=torch.float64)  # a per-image offset only
+    a, b = tve_loss(shift, pr, tk, tr, None, 1.0)[0], tve_loss(shift, pr, tk, tr, None, 5.0)[0]
+    assert b - a == pytest.approx(4 * (tve_loss(pk, pr, tk, tr, None, 1.0)[0] -
+                                       ((pk - tk).mean(1) ** 2).mean()).item())
+    with pytest.raises(ValueError, match="every window"):
+        tve_loss(pk, pr, tk, tr, torch.zeros(3, 2, dtype=torch.long), 2.0)
+
+
+@pytest.mark.parametrize("arch", ["two", "tapped"])
+def test_dense_and_online_training_reach_the_same_weights(tmp_path, arch):
+    bb = tiny_backbone("vit").double()
+    train, val = _sets()
+    dense = dataclasses.replace(TINY, arch=arch, target_dtype="float64")
+    online = dataclasses.replace(dense, sampler="online", windows_per_image=bb.n_players)
+    models = []
+    for name, cfg in (("dense", dense), ("online", online)):
+        torch.manual_seed(0)
+        m = tve_mod.build_explainer(bb, cfg).double()
+        tve_mod.pretrain(m, bb, train, val, cfg, tmp_path / f"{name}.pt", 0, progress=False)
+        models.append(m)
+    assert list((tmp_path).glob("targets_*"))  # the dense run used a store
+    for (k, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11), k
+    torch.manual_seed(0)
+    fresh = tve_mod.build_explainer(bb, dense).double()
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), models[0].state_dict().values()))
+
+
+def test_token_store_equals_player_tokens(tmp_path):
+    bb = tiny_backbone("swin")
+    train, _ = _sets()
+    store, compute = token_store(bb, train, tmp_path, 0, 2, "float32")
+    store.build(6, compute, progress=False)
+    x = bb.normalize(train.get(upstream_order(train, 0)[:6])[0])
+    tokens, emb = bb.player_tokens(x, 2)
+    chs = sum(f["num_chs"] for f in bb.model.feature_info[-2:])  # Swin: two stages, the coarse one resized
+    assert tokens.shape == (6, bb.n_players, chs) and chs > bb.model.feature_info[-1]["num_chs"]
+    assert torch.allclose(store.load(6)["tokens"], tokens, atol=1e-5)
+    assert torch.allclose(emb, bb.embed(x), atol=1e-5)
+
+
+def test_composite_augmentation_is_seeded_and_partial():
+    train, _ = _sets(40)
+    a = augmented_upstream(train, "composite", 0.5, seed=0)
+    b = augmented_upstream(train, "composite", 0.5, seed=0)
+    c = augmented_upstream(train, "composite", 0.5, seed=1)
+    xa, xb, xc = (s.get(torch.arange(40))[0] for s in (a, b, c))
+    x0 = train.get(torch.arange(40))[0]
+    assert torch.equal(xa, xb) and not torch.equal(xa, xc)
+    changed = (xa != x0).flatten(1).any(1)
+    assert changed.sum() == 20 and xa.min() >= 0 and xa.max() <= 1
+    assert augmented_upstream(train, "none", 0.5, 0) is train
+    with pytest.raises(ValueError, match="unknown upstream augmentation"):
+        augmented_upstream(train, "mixup", 0.5, 0)

@@ -1,0 +1,70 @@
+"""Generic augmentation of the *upstream* pre-training images (never a downstream image).
+
+TVE pre-trains on single, full-size, centred upstream items; a downstream task may lay its
+images out otherwise (the cpu mosaics: four half-size items). ``"composite"`` replaces a fraction
+of the pre-training images, chosen by seed, half by 2x2 composites of half-size upstream images
+(each quadrant filled with probability 1/2, at least one) and half by single upstream images
+zoomed to 50-100 % and placed at a random position. Built once, deterministically, in memory; the
+rest of the set is untouched, so the explainer still sees the original distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .data import ImageSet, TensorImageSet
+
+AUGMENTS = ("none", "composite")
+
+
+def _composites(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    b, c, s, _ = src.shape
+    q = s // 2
+    pick = torch.randint(0, b, (n, 4), generator=g)
+    filled = torch.rand(n, 4, generator=g) < 0.5
+    filled[torch.arange(n), torch.randint(0, 4, (n,), generator=g)] = True
+    small = F.interpolate(src[pick.flatten()], size=(q, q), mode="bilinear", align_corners=False,
+                          antialias=True).view(n, 4, c, q, q)
+    small = small * filled.view(n, 4, 1, 1, 1)
+    out = torch.zeros(n, c, s, s)
+    for k in range(4):
+        r, cc = divmod(k, 2)
+        out[:, :, r * q:(r + 1) * q, cc * q:(cc + 1) * q] = small[:, k]
+    return out
+
+
+def _zooms(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    b, c, s, _ = src.shape
+    out = torch.zeros(n, c, s, s)
+    pick = torch.randint(0, b, (n,), generator=g)
+    sizes = torch.randint(s // 2, s + 1, (n,), generator=g)
+    for size in sizes.unique().tolist():  # one resize per distinct size, not per image
+        sel = (sizes == size).nonzero().flatten()
+        z = F.interpolate(src[pick[sel]], size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)
+        top = torch.randint(0, s - size + 1, (len(sel),), generator=g)
+        left = torch.randint(0, s - size + 1, (len(sel),), generator=g)
+        for j, (i, t, le) in enumerate(zip(sel.tolist(), top.tolist(), left.tolist())):
+            out[i, :, t:t + size, le:le + size] = z[j]
+    return out
+
+
+def augmented_upstream(train: ImageSet, kind: str, frac: float, seed: int) -> ImageSet:
+    """``train`` with ``frac`` of its images replaced as ``kind`` says (``"none"``: itself)."""
+    if kind not in AUGMENTS:
+        raise ValueError(f"unknown upstream augmentation {kind!r}; expected one of: {', '.join(AUGMENTS)}")
+    if kind == "none" or frac <= 0:
+        return train
+    if not 0 < frac <= 1:
+        raise ValueError(f"augment_frac must be in (0, 1], got {frac}")
+    x, y, _ = train.get(torch.arange(len(train)))
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise TypeError("upstream augmentation needs an in-memory image set")
+    g = torch.Generator().manual_seed(30_011 + seed)
+    idx = torch.randperm(len(x), generator=g)[: int(frac * len(x))]
+    half = len(idx) // 2
+    src, x = x, x.clone()
+    x[idx[:half]] = _composites(src, half, g)
+    x[idx[half:]] = _zooms(src, len(idx) - half, g)
+    return TensorImageSet(f"{train.name}+{kind}{frac:g}s{seed}", x, y, train.classes)

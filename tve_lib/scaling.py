@@ -1,0 +1,109 @@
+"""The scaling study of TVE pre-training: quality against compute, measured (notebook 03b).
+
+Each budget is one pre-trained explainer (``TVEConfig``: sampler, arch, images, epochs, windows per
+image), scored on a reduced set of test images per task, both heads, against the exact window
+quantity it amortises: median Spearman and top-10 % overlap (notebook 02's transfer error), and
+its Fidelity⁺ AUC over that of exact window occlusion on the same images (notebook 03's
+amortisation factor). ``pretrain_seconds`` is training plus the cost of the stored targets the
+budget uses, so dense and online samplers compare on total compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from . import metrics as M
+from .config import TVEConfig
+from .fidelity import evaluation_indices
+from .heads import HEAD_KINDS
+from .transfer import trivial_ratio
+from .tve import all_window_embeddings, transfer_rule
+
+SCALING_COLUMNS = ["backbone", "sampler", "arch", "n_images", "epochs", "windows_per_image", "steps",
+                   "targets_seen", "pretrain_seconds", "heldout_ratio", "transfer_spearman", "topk_overlap",
+                   "fid_plus_ratio_to_occlusion", "seed"]
+
+
+def budget_config(base: TVEConfig, **kw) -> TVEConfig:
+    """``base`` with one budget's fields replaced (sampler, arch, n_images, epochs, ...)."""
+    return dataclasses.replace(base, **kw)
+
+
+class ScalingProbe:
+    """Test images, heads and exact maps of one backbone, computed once for every budget."""
+
+    def __init__(self, suite, backbone: str, n_images: int, tasks: Sequence[str] | None = None,
+                 kinds: Sequence[str] = HEAD_KINDS):
+        self.suite, self.backbone, self.kinds = suite, backbone, tuple(kinds)
+        self.bb = bb = suite.backbone(backbone)
+        ev = suite.profile.eval
+        self.data = {}
+        for t in tasks or suite.profile.tasks:
+            task = suite.task(t)
+            idx = evaluation_indices(task.test, ev.n_fidelity, suite.seed)[:n_images]
+            x = bb.normalize(task.test.get(idx)[0].to(suite.device))
+            heads = [suite.head(backbone, t, k) for k in kinds]
+            with torch.no_grad():
+                emb = bb.embed_batched(x, ev.masked_batch_size)
+                ys = [h(emb).argmax(-1) for h in heads]
+            self.data[t] = {"x": x, "heads": heads, "targets": ys, "exact": {}, "occl_fid": {}}
+        self.n_images = min(len(d["x"]) for d in self.data.values())
+
+    def _exact(self, t: str, radius: int) -> list[torch.Tensor]:
+        d = self.data[t]
+        if radius not in d["exact"]:
+            ek, er = all_window_embeddings(self.bb, d["x"], radius, self.suite.profile.eval.masked_batch_size)
+            g = self.bb.grid
+            d["exact"][radius] = [transfer_rule(ek, er, h, y).view(-1, g, g) for h, y in zip(d["heads"], d["targets"])]
+            d["occl_fid"][radius] = [self._fid_plus(h, d["x"], a, y)
+                                     for h, a, y in zip(d["heads"], d["exact"][radius], d["targets"])]
+        return d["exact"][radius]
+
+    def _fid_plus(self, head, x, a, y) -> float:
+        ev = self.suite.profile.eval
+        xs, curve = M.perturbation_curves(self.bb, head, x, a, y, ev.sparsities, batch_size=ev.masked_batch_size,
+                                          which=("fid_plus",))["fid_plus"]
+        return M.auc(xs, curve).mean().item()
+
+    @torch.no_grad()
+    def score(self, explainer) -> pd.DataFrame:
+        """Per task and head: median Spearman, mean top-10 % overlap, Fid⁺ AUC ratio to occlusion."""
+        rows = []
+        for t, d in self.data.items():
+            exact = self._exact(t, explainer.radius)
+            maps = explainer.explain_tasks(d["x"], d["heads"], d["targets"])
+            for k, h, y, a, e, occ in zip(self.kinds, d["heads"], d["targets"], maps, exact,
+                                          d["occl_fid"][explainer.radius]):
+                rows.append({"task": t, "head": k, "spearman": M.spearman(a, e).median().item(),
+                             "topk_overlap": M.topk_overlap(a, e, 0.1).mean().item(),
+                             "fid_plus_ratio_to_occlusion": self._fid_plus(h, d["x"], a, y) / occ})
+        return pd.DataFrame(rows)
+
+
+def scaling_row(probe: ScalingProbe, cfg: TVEConfig) -> tuple[dict, pd.DataFrame]:
+    """Pre-train (or load) the explainer of one budget and score it: the row of ``scaling.csv``
+    (medians over the task x head settings; the worst setting in ``transfer_spearman_min``) and the
+    per-setting scores."""
+    suite, b = probe.suite, probe.backbone
+    t0 = time.time()
+    expl = suite.explainer(b, cfg)
+    hist = suite.tve_history(b, cfg)
+    ratio = trivial_ratio(pd.DataFrame([{"backbone": b, **h} for h in hist])).ratio.iloc[0]
+    per = probe.score(expl)
+    n = min(cfg.n_images, len(suite.upstream[0]))
+    steps = cfg.epochs * -(-n // cfg.batch_size)
+    k = probe.bb.n_players if cfg.sampler == "dense" else min(cfg.windows_per_image, probe.bb.n_players)
+    row = dict(backbone=b, sampler=cfg.sampler, arch=cfg.arch, n_images=n, epochs=cfg.epochs,
+               windows_per_image=k, steps=steps, targets_seen=n * cfg.epochs * k * 2,
+               pretrain_seconds=hist[-1]["seconds"], heldout_ratio=ratio,
+               transfer_spearman=per.spearman.median(), topk_overlap=per.topk_overlap.mean(),
+               fid_plus_ratio_to_occlusion=per.fid_plus_ratio_to_occlusion.median(), seed=suite.seed,
+               transfer_spearman_min=per.spearman.min(), target_seconds=hist[-1].get("target_seconds", 0.0),
+               depth=cfg.depth, embed_dim=cfg.embed_dim, n_test_images=probe.n_images,
+               wall_seconds=time.time() - t0)
+    return row, per.assign(backbone=b, sampler=cfg.sampler, arch=cfg.arch, n_images=n, epochs=cfg.epochs)

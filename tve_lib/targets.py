@@ -1,0 +1,161 @@
+"""Dense meta-attribution targets: computed once per image, stored, reused over many epochs.
+
+The backbone is frozen, so ``g(x ⊙ W_i)`` and ``g(x ⊙ (1 − W_i))`` for every player ``i`` are a
+fixed function of the image. `TargetStore` keeps them (and ``g(x)``, and for the tapped explainer
+the backbone's player tokens) for the first images of a seeded order of the upstream set, in
+shards written atomically under ``results/<profile>/checkpoints/``. The folder name is a digest of
+the backbone's weights, the radius, the upstream set's content and the order's seed; every shard
+also carries its image ids, checked on load. An interrupted build resumes at the first missing
+shard, and a store built for N images serves any n <= N (a prefix of the same order).
+
+Two batch sources feed the one training loop of `tve.pretrain`: `DenseSource` (every window of
+every image, from the store) and `OnlineSource` (K windows drawn per image per step and computed
+on the fly: the official sampler, for upstream sets too large to store, such as ImageNet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .backbones import Backbone
+from .data import ImageSet, content_digest
+from .io import CorruptCheckpoint, load_torch, save_torch, write_json
+
+DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+
+
+def backbone_digest(bb: Backbone) -> str:
+    """A short hash of the backbone's weights (and its normalisation and removal value)."""
+    h = hashlib.sha1(repr((bb.name, bb.img_size, bb.grid, bb.removal_value)).encode())
+    for k, v in sorted(bb.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def upstream_order(train: ImageSet, seed: int) -> torch.Tensor:
+    """The seeded order of the upstream images; pre-training uses its first ``n_images``."""
+    return torch.randperm(len(train), generator=torch.Generator().manual_seed(20_011 + seed))
+
+
+class TargetStore:
+    """Per-image tensors for a prefix of ``ids``, in shards of ``shard_size`` images."""
+
+    def __init__(self, root: Path, kind: str, key: dict, ids: torch.Tensor, shard_size: int = 500):
+        self.key, self.ids, self.shard_size = key, ids, shard_size
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        self.dir = Path(root) / f"{kind}_{key.get('backbone', '')}_{digest}"
+
+    def _shard(self, i: int) -> Path:
+        return self.dir / f"shard_{i:05d}.pt"
+
+    def _read(self, i: int) -> dict | None:
+        p = self._shard(i)
+        if not p.exists():
+            return None
+        lo, hi = i * self.shard_size, min(len(self.ids), (i + 1) * self.shard_size)
+        try:
+            s = load_torch(p)
+            if not torch.equal(s["ids"], self.ids[lo:hi]):
+                raise KeyError("image ids differ")
+            return s
+        except (CorruptCheckpoint, KeyError, TypeError) as e:
+            print(f"warning: target shard {p} is unusable ({e}); computing it again")
+            p.unlink()
+            return None
+
+    def build(self, n: int, compute, desc: str = "targets", progress: bool = True) -> float:
+        """Make sure the first ``n`` images are stored; ``compute(ids) -> dict of [len(ids), ...]``.
+
+        Returns the seconds spent computing (0 when everything was stored already).
+        """
+        import time
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.key, self.dir / "key.json")
+        shards = range(math.ceil(min(n, len(self.ids)) / self.shard_size))
+        todo = [i for i in shards if not self._shard(i).exists() or self._read(i) is None]
+        t0 = time.time()
+        for i in tqdm(todo, desc=desc, disable=not progress or not todo, leave=False):
+            ids = self.ids[i * self.shard_size:(i + 1) * self.shard_size]
+            t1 = time.time()
+            out = compute(ids)
+            # the compute time travels with the shard, so a reused store still reports what it cost
+            save_torch({"ids": ids.clone(), "seconds": time.time() - t1,
+                        **{k: v.contiguous() for k, v in out.items()}}, self._shard(i))
+        return time.time() - t0 if todo else 0.0
+
+    def cost(self, n: int) -> float:
+        """Seconds it took to compute the targets of the first ``n`` images (pro rata per shard)."""
+        total = 0.0
+        for i in range(math.ceil(n / self.shard_size)):
+            s = self._read(i)
+            if s is None:
+                raise FileNotFoundError(f"target shard {self._shard(i)} is missing; build the store first")
+            m = len(s["ids"])
+            total += float(s.get("seconds", 0.0)) * min(m, n - i * self.shard_size) / m
+        return total
+
+    def load(self, n: int) -> dict[str, torch.Tensor]:
+        """The stored tensors of the first ``n`` images (each ``[n, ...]``)."""
+        parts = []
+        for i in range(math.ceil(n / self.shard_size)):
+            s = self._read(i)
+            if s is None:
+                raise FileNotFoundError(f"target shard {self._shard(i)} is missing; build the store first")
+            parts.append(s)
+        return {k: torch.cat([p[k] for p in parts])[:n] for k in parts[0] if k != "seconds"}
+
+
+def _store_key(bb: Backbone, train: ImageSet, seed: int, **extra) -> dict:
+    return {"backbone": bb.name, "weights": backbone_digest(bb), "upstream": train.name,
+            "content": content_digest(train), "n_upstream": len(train), "order_seed": seed, **extra}
+
+
+def window_store(bb: Backbone, train: ImageSet, root: Path, seed: int, radius: int, dtype: str,
+                 chunk: int = 1024) -> tuple[TargetStore, callable]:
+    """The store of ``keep, remove [P, D]`` and ``base [D]`` per image, with its compute function."""
+    from .tve import all_window_embeddings
+
+    store = TargetStore(root, "targets", _store_key(bb, train, seed, radius=radius, dtype=dtype,
+                                                    players=bb.n_players, dim=bb.embed_dim),
+                        upstream_order(train, seed))
+    dev, dt = bb.mean.device, DTYPES[dtype]
+    per_call = max(1, chunk // (2 * bb.n_players))
+
+    def compute(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        keep, rem, base = [], [], []
+        for s in range(0, len(ids), per_call):
+            x = bb.normalize(train.get(ids[s:s + per_call])[0].to(dev))
+            k, r = all_window_embeddings(bb, x, radius, chunk)
+            keep.append(k.to(dt).cpu())
+            rem.append(r.to(dt).cpu())
+            with torch.no_grad():
+                base.append(bb.embed(x).to(dt).cpu())
+        return {"keep": torch.cat(keep), "remove": torch.cat(rem), "base": torch.cat(base)}
+
+    return store, compute
+
+
+def token_store(bb: Backbone, train: ImageSet, root: Path, seed: int, layers: int, dtype: str,
+                batch: int = 256) -> tuple[TargetStore, callable]:
+    """The store of the tapped explainer's inputs: the backbone's player tokens ``[P, C]``."""
+    store = TargetStore(root, "tokens", _store_key(bb, train, seed, tap_layers=layers, dtype=dtype),
+                        upstream_order(train, seed))
+    dev, dt = bb.mean.device, DTYPES[dtype]
+
+    def compute(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(ids), batch):
+                x = bb.normalize(train.get(ids[s:s + batch])[0].to(dev))
+                out.append(bb.player_tokens(x, layers)[0].to(dt).cpu())
+        return {"tokens": torch.cat(out)}
+
+    return store, compute

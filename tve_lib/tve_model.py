@@ -1,0 +1,162 @@
+"""TVE explainer networks ``ψ(x) = (Φ⁺(x), Φ⁻(x))``, each ``[B, G², D]`` (docs/method.md §1).
+
+Three shapes (suite choice, ``TVEConfig.arch``):
+
+* ``"two"``: two independent ViT trunks on the player grid, each with a token/channel-mixing head
+  (the official shape, with smaller trunks);
+* ``"shared"``: one trunk, two heads;
+* ``"tapped"``: no trunk of its own. The frozen backbone's last ``tap_layers`` token maps (timm's
+  ``forward_intermediates``, resized to the player grid by `Backbone.player_tokens`) feed a few
+  transformer blocks and the two heads. Explaining then costs about one backbone inference, and
+  during dense pre-training the tokens are a fixed function of the image, so they are computed once.
+
+Every model takes its input through ``prepare(backbone, x) -> (inputs, base)``: images for the
+trunk shapes, tapped tokens for ``"tapped"``; ``base`` is the full-image embedding ``g(x)`` that the
+residual remove branch adds to its prediction (and that the transfer rule uses to pick ``y``).
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from .config import TVEConfig
+from .io import load_torch
+
+ARCHS = ("two", "shared", "tapped")
+
+
+class MixHead(nn.Module):
+    """Token mixing across the G² player tokens, then a channel MLP to the embedding size D."""
+
+    def __init__(self, n_tokens: int, d_in: int, d_out: int, hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_in)
+        self.token_mlp = nn.Sequential(nn.Linear(n_tokens, n_tokens), nn.GELU(),
+                                       nn.Linear(n_tokens, n_tokens))
+        self.norm2 = nn.LayerNorm(d_in)
+        self.channel_mlp = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t = t + self.token_mlp(self.norm1(t).transpose(1, 2)).transpose(1, 2)
+        return self.channel_mlp(self.norm2(t))
+
+
+class Trunk(nn.Module):
+    """A ViT on the player grid returning one token per player ``[B, G², d]``."""
+
+    def __init__(self, img_size: int, patch: int, cfg: TVEConfig):
+        super().__init__()
+        self.vit = VisionTransformer(img_size=img_size, patch_size=patch, embed_dim=cfg.embed_dim,
+                                     depth=cfg.depth, num_heads=cfg.num_heads, num_classes=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]
+
+
+class _Heads(nn.Module):
+    """The two branch heads and the residual remove branch, shared by every shape."""
+
+    def _init_heads(self, n: int, d: int, embed_dim: int, cfg: TVEConfig) -> None:
+        self.head_keep = MixHead(n, d, embed_dim, cfg.mix_hidden)
+        self.head_remove = MixHead(n, d, embed_dim, cfg.mix_hidden)
+
+    def _out(self, tk: torch.Tensor, tr: torch.Tensor, base: torch.Tensor | None):
+        rem = self.head_remove(tr)
+        if self.cfg.residual:
+            if base is None:
+                raise ValueError("a residual TVE model needs base = g(x), the full-image embedding")
+            rem = rem + base.unsqueeze(1)  # occluding one window moves g(x) a little: predict the move
+        return self.head_keep(tk), rem
+
+
+class TVEModel(_Heads):
+    """Trunk shapes ``"two"`` / ``"shared"``: normalised images ``[B, 3, S, S]`` -> ``(Φ⁺, Φ⁻)``."""
+
+    tapped = False
+
+    def __init__(self, img_size: int, grid: int, embed_dim: int, cfg: TVEConfig):
+        super().__init__()
+        if cfg.arch not in ("shared", "two"):
+            raise ValueError(f"TVEModel takes arch 'shared' or 'two', got {cfg.arch!r} (see build_explainer)")
+        self.cfg, self.img_size, self.grid, self.embed_dim = cfg, img_size, grid, embed_dim
+        patch = img_size // grid
+        self.trunk_keep = Trunk(img_size, patch, cfg)
+        self.trunk_remove = Trunk(img_size, patch, cfg) if cfg.arch == "two" else None
+        self._init_heads(grid * grid, cfg.embed_dim, embed_dim, cfg)
+
+    def prepare(self, backbone, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x, g(x))``: the trunks read the images themselves."""
+        with torch.no_grad():
+            return x, backbone.embed(x)
+
+    def forward(self, x: torch.Tensor, base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``base``: the full-image embedding ``g(x)`` ``[B, D]``, required when ``cfg.residual``."""
+        tk = self.trunk_keep(x)
+        tr = self.trunk_remove(x) if self.trunk_remove is not None else tk
+        return self._out(tk, tr, base)
+
+    def init_from(self, backbone: nn.Module) -> int:
+        """Copy every backbone parameter whose name and shape match the trunks'; returns count."""
+        src = {k.removeprefix("model."): v for k, v in backbone.state_dict().items()}
+        n = 0
+        for trunk in (self.trunk_keep, self.trunk_remove):
+            if trunk is None:
+                continue
+            own = trunk.vit.state_dict()
+            match = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+            trunk.vit.load_state_dict(match, strict=False)
+            n = len(match)
+        return n
+
+
+class TappedModel(_Heads):
+    """Shape ``"tapped"``: the backbone's own player tokens ``[B, G², C]`` -> ``(Φ⁺, Φ⁻)``."""
+
+    tapped = True
+
+    def __init__(self, grid: int, token_dim: int, embed_dim: int, cfg: TVEConfig):
+        super().__init__()
+        self.cfg, self.grid, self.embed_dim, self.token_dim = cfg, grid, embed_dim, token_dim
+        n, d = grid * grid, cfg.embed_dim
+        self.proj = nn.Sequential(nn.LayerNorm(token_dim), nn.Linear(token_dim, d))
+        self.pos = nn.Parameter(torch.zeros(1, n, d))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.blocks = nn.Sequential(*[Block(d, cfg.num_heads) for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(d)
+        self._init_heads(n, d, embed_dim, cfg)
+
+    def prepare(self, backbone, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens, g(x))`` from one backbone pass."""
+        with torch.no_grad():
+            tokens, base = backbone.player_tokens(x, self.cfg.tap_layers)
+        if tokens.shape[-1] != self.token_dim:
+            raise ValueError(f"this tapped explainer reads {self.token_dim}-channel tokens, the backbone "
+                             f"gives {tokens.shape[-1]} (tap_layers={self.cfg.tap_layers})")
+        return tokens, base
+
+    def forward(self, tokens: torch.Tensor, base: torch.Tensor | None = None):
+        t = self.norm(self.blocks(self.proj(tokens) + self.pos))
+        return self._out(t, t, base)
+
+
+def build_explainer(backbone, cfg: TVEConfig) -> nn.Module:
+    """A TVE model of shape ``cfg.arch`` for ``backbone`` (trunks initialised from it when asked)."""
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown TVE arch {cfg.arch!r}; expected one of: {', '.join(ARCHS)}")
+    if cfg.arch == "tapped":
+        m = TappedModel(backbone.grid, backbone.player_token_dim(cfg.tap_layers), backbone.embed_dim, cfg)
+    else:
+        m = TVEModel(backbone.img_size, backbone.grid, backbone.embed_dim, cfg)
+        if cfg.init_from_backbone:
+            m.init_from(backbone.model)
+    return m.to(backbone.mean.device)
+
+
+def load_explainer(ckpt, backbone, cfg: TVEConfig) -> tuple[nn.Module, dict]:
+    """A pre-trained TVE model from ``ckpt`` (and its history/radius)."""
+    s = load_torch(ckpt)
+    m = build_explainer(backbone, cfg)
+    m.load_state_dict(s["model"])
+    return m.eval(), s

@@ -1,0 +1,240 @@
+"""TVE pre-training: one loop, two samplers (docs/method.md §1).
+
+``cfg.sampler = "dense"``: every window of every image supervises each step, from the target store
+(`tve_lib.targets`), computed once and reused over the epochs. ``"online"``: K window centres drawn
+per image per step (K = 1 official) and their targets computed on the fly by the frozen backbone,
+for upstream sets too large to store. Both take the first ``n_images`` of the same seeded order of
+the upstream set and shuffle it every epoch, so with ``K >= G²`` (every window) the online sampler
+follows the dense one step for step. The loss is the mean squared error over the supervised
+windows, D and the batch, for both branches (`tve_loss`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from .backbones import Backbone
+from .config import TVEConfig
+from .data import ImageSet, iter_batches
+from .io import checkpoint, resume, save_torch
+from .masking import default_radius
+from .targets import token_store, upstream_order, window_store
+from .tve import all_window_embeddings, window_targets
+
+SAMPLERS = ("dense", "online")
+
+
+def _mse(p: torch.Tensor, t: torch.Tensor, centred_weight: float) -> torch.Tensor:
+    e = p - t
+    if centred_weight == 1.0:
+        return (e ** 2).mean()
+    # the MSE splits exactly into the error of the per-image mean over windows and the error of the
+    # deviations from it (the part a ranking of windows reads); weight 1 is the plain MSE
+    m = e.mean(1, keepdim=True)
+    return (m ** 2).mean() + centred_weight * ((e - m) ** 2).mean()
+
+
+def tve_loss(pk: torch.Tensor, pr: torch.Tensor, tk: torch.Tensor, tr: torch.Tensor,
+             centres: torch.Tensor | None, centred_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two branch MSEs: over every window (``centres=None``) or the drawn ``centres [B, K]``.
+
+    ``centred_weight`` (every window only) weights the within-image part of the error: 1 gives
+    the plain MSE, the method's objective.
+    """
+    if centres is not None:
+        if centred_weight != 1.0:
+            raise ValueError("centred_weight != 1 needs every window of an image (dense sampler or K >= G²)")
+        idx = centres.unsqueeze(-1).expand(-1, -1, pk.shape[-1])
+        pk, pr = pk.gather(1, idx), pr.gather(1, idx)
+    return _mse(pk, tk, centred_weight), _mse(pr, tr, centred_weight)
+
+
+class OnlineSource:
+    """Targets of K drawn windows per image computed by the backbone at every step."""
+
+    def __init__(self, model: nn.Module, bb: Backbone, train: ImageSet, ids: torch.Tensor, radius: int, k: int):
+        self.model, self.bb, self.train, self.ids, self.radius = model, bb, train, ids, radius
+        self.k = k if k < bb.n_players else None  # K >= G²: every window, nothing drawn
+
+    def centres(self, n: int, gen: torch.Generator) -> torch.Tensor | None:
+        return None if self.k is None else torch.randint(0, self.bb.n_players, (n, self.k), generator=gen)
+
+    def batch(self, pos: torch.Tensor, centres: torch.Tensor | None):
+        x = self.bb.normalize(self.train.get(self.ids[pos])[0].to(self.bb.mean.device))
+        if centres is None:
+            tk, tr = all_window_embeddings(self.bb, x, self.radius)
+        else:
+            centres = centres.to(x.device)
+            tk, tr = window_targets(self.bb, x, centres, self.radius)
+        inp, base = self.model.prepare(self.bb, x)
+        return inp, base, tk, tr, centres
+
+
+class DenseSource:
+    """Every window of every image, read from the target store (and the token store if tapped)."""
+
+    def __init__(self, model: nn.Module, bb: Backbone, train: ImageSet, ids: torch.Tensor, radius: int,
+                 cfg: TVEConfig, root: Path, seed: int, progress: bool, rank: int, world: int):
+        self.model, self.bb, self.train, self.ids = model, bb, train, ids
+        n = len(ids)
+        stores = [window_store(bb, train, root, seed, radius, cfg.target_dtype)]
+        if getattr(model, "tapped", False):
+            stores.append(token_store(bb, train, root, seed, cfg.tap_layers, cfg.target_dtype))
+        for store, compute in stores:
+            if rank == 0:
+                store.build(n, compute, f"targets {bb.name}", progress)
+            if world > 1:
+                dist.barrier()
+        self.cost = sum(store.cost(n) for store, _ in stores)  # what the targets cost, reused or not
+        dev, dt = bb.mean.device, bb.mean.dtype
+        self.data = {k: v.to(dev) for s, _ in stores for k, v in s.load(n).items()}
+        self.dtype = dt
+
+    def centres(self, n: int, gen: torch.Generator) -> None:
+        return None
+
+    def batch(self, pos: torch.Tensor, centres: None):
+        d = {k: v[pos.to(v.device)].to(self.dtype) for k, v in self.data.items()}
+        if "tokens" in d:
+            inp = d["tokens"]
+        else:
+            inp = self.bb.normalize(self.train.get(self.ids[pos])[0].to(self.bb.mean.device))
+        return inp, d["base"], d["keep"], d["remove"], None
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _lr_lambda(total: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return f
+
+
+@torch.no_grad()
+def heldout_losses(model: nn.Module, backbone: Backbone, x: torch.Tensor, centres: torch.Tensor,
+                   tk: torch.Tensor, tr: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """Held-out MSE of both branches, and the trivial predictor's (mean target) for the ratio."""
+    model.eval()
+    se_k = se_r = 0.0
+    for s in range(0, len(x), batch_size):
+        inp, base = model.prepare(backbone, x[s:s + batch_size])
+        lk, lr = tve_loss(*model(inp, base), tk[s:s + batch_size], tr[s:s + batch_size], centres[s:s + batch_size])
+        se_k, se_r = se_k + lk.item() * tk[s:s + batch_size].numel(), se_r + lr.item() * tr[s:s + batch_size].numel()
+    n = tk.numel()
+    triv_k = ((tk - tk.mean((0, 1))) ** 2).mean().item()
+    triv_r = ((tr - tr.mean((0, 1))) ** 2).mean().item()
+    return {"loss_keep": se_k / n, "loss_remove": se_r / n, "trivial_keep": triv_k,
+            "trivial_remove": triv_r}
+
+
+def _probe(backbone: Backbone, val: ImageSet, cfg: TVEConfig, seed: int, radius: int):
+    """A fixed held-out probe: the same images and window centres every epoch."""
+    gv = torch.Generator().manual_seed(10_000 + seed)
+    vidx = torch.randperm(len(val), generator=gv)[: cfg.n_heldout]
+    device = backbone.mean.device
+    vx = torch.cat([backbone.normalize(r.to(device)) for r, _, _ in iter_batches(val, 256, vidx)])
+    k = min(cfg.windows_per_image, 2) if cfg.sampler == "online" else 2
+    vc = torch.randint(0, backbone.n_players, (len(vx), k), generator=gv).to(device)
+    return (vx, vc, *window_targets(backbone, vx, vc, radius))
+
+
+def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSet, cfg: TVEConfig,
+             ckpt: Path, seed: int, radius: int | None = None, progress: bool = True,
+             on_step: Callable[[int, float, float], None] | None = None,
+             store_dir: Path | None = None) -> list[dict]:
+    """Pre-train ``model`` on the upstream set; one checkpoint per epoch, resumes after interruption.
+
+    Under torchrun each rank takes its slice of the global batch and DDP averages gradients, so
+    the trajectory matches a one-process run of the same global batch. The dense sampler's store
+    lives in ``store_dir`` (default: beside ``ckpt``). Returns rows ``epoch, split, loss_keep,
+    loss_remove, trivial_keep, trivial_remove, seconds, target_seconds``: ``seconds`` is the
+    training time plus ``target_seconds``, what computing the stored targets of these images cost
+    (also when an earlier run had built them), so budgets compare on total compute.
+    """
+    if cfg.sampler not in SAMPLERS:
+        raise ValueError(f"unknown TVE sampler {cfg.sampler!r}; expected one of: {', '.join(SAMPLERS)}")
+    rank, world = _dist()
+    device = backbone.mean.device
+    radius = radius if radius is not None else (cfg.radius or default_radius(backbone.grid))
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index]
+                                                  if device.type == "cuda" else None)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = min(cfg.n_images, len(train))
+    steps = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(cfg.warmup_frac * total))))
+    objs = {"model": model, "opt": opt, "sched": sched}
+    part = Path(ckpt).with_suffix(".partial.pt")
+    state = resume(part, objs) or {"epoch": 0, "history": [], "seconds": 0.0}
+    ids = upstream_order(train, seed)[:n]
+    if cfg.sampler == "dense":
+        source = DenseSource(model, backbone, train, ids, radius, cfg, Path(store_dir or Path(ckpt).parent),
+                             seed, progress, rank, world)
+    else:
+        source = OnlineSource(model, backbone, train, ids, radius, cfg.windows_per_image)
+    if "target_seconds" not in state:  # counted once, also when the store was built by an earlier run
+        state["target_seconds"] = getattr(source, "cost", 0.0)
+        state["seconds"] += state["target_seconds"]
+    probe = _probe(backbone, val, cfg, seed, radius)
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(n, generator=gen)
+        net.train()
+        sk = sr = 0.0
+        seen = 0
+        bar = tqdm(range(steps), desc=f"TVE {backbone.name} epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress or rank != 0, leave=False)
+        for step in bar:
+            pos = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            centres = source.centres(len(pos), gen)  # drawn for the global batch: same on every rank
+            lo, hi = (len(pos) * rank) // world, (len(pos) * (rank + 1)) // world
+            inp, base, tk, tr, c = source.batch(pos[lo:hi], None if centres is None else centres[lo:hi])
+            lk, lr = tve_loss(*net(inp, base), tk, tr, c, cfg.centred_weight)
+            opt.zero_grad(set_to_none=True)
+            (cfg.keep_weight * lk + lr).backward()
+            opt.step()
+            sched.step()
+            losses = torch.stack([lk.detach(), lr.detach()]) * (hi - lo)
+            if world > 1:
+                dist.all_reduce(losses)
+            sk, sr, seen = sk + losses[0].item(), sr + losses[1].item(), seen + len(pos)
+            if on_step is not None:
+                on_step(epoch * steps + step, losses[0].item() / len(pos), losses[1].item() / len(pos))
+            bar.set_postfix(keep=f"{sk / seen:.4f}", remove=f"{sr / seen:.4f}")
+        state["seconds"] += time.time() - t0
+        ho = heldout_losses(model, backbone, probe[0], probe[1], probe[2], probe[3], cfg.batch_size)
+        common = {"seconds": state["seconds"], "target_seconds": state["target_seconds"]}
+        state["history"] += [
+            {"epoch": epoch + 1, "split": "train", "loss_keep": sk / seen, "loss_remove": sr / seen, **common},
+            {"epoch": epoch + 1, "split": "heldout", **ho, **common},
+        ]
+        state["epoch"] = epoch + 1
+        if rank == 0:
+            checkpoint(part, objs, **state)
+        if world > 1:
+            dist.barrier()
+    model.eval()
+    if rank == 0:
+        save_torch({"model": model.state_dict(), "history": state["history"], "radius": radius,
+                    "cfg": cfg}, ckpt)
+        if part.exists():
+            part.unlink()
+    return state["history"]
