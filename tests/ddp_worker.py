@@ -27,7 +27,8 @@ train = TensorImageSet("synthetic", imgs[:64], torch.zeros(64), ["x"])
 val = TensorImageSet("synthetic", imgs[64:], torch.zeros(32), ["x"])
 arch, sampler = (sys.argv[2], sys.argv[3]) if len(sys.argv) > 3 else ("two", "online")
 cfg = TVEConfig(depth=1, embed_dim=32, mix_hidden=32, epochs=2, n_images=64, batch_size=16,
-                windows_per_image=2, n_heldout=16, lr=3e-3, arch=arch, sampler=sampler)
+                windows_per_image=2, n_heldout=16, lr=3e-3, arch=arch, sampler=sampler,
+                centred_weight=1.0 if sampler == "online" else 4.0)
 torch.manual_seed(0)
 model = build_explainer(bb, cfg)
 steps = []

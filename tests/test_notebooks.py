@@ -21,7 +21,11 @@ CONTRACT = {
         "fidelity/summary.csv": ["backbone", "task", "head", "method", "budget", "metric", "value", "ci_low",
                                  "ci_high", "n_images", "seed"]},
     "03b_ablations": {"fidelity/ablations.csv": ["backbone", "task", "head", "method", "budget", "metric", "value",
-                                                 "ci_low", "ci_high", "n_images", "seed", "variant"]},
+                                                 "ci_low", "ci_high", "n_images", "seed", "variant"],
+                      "tve/scaling.csv": ["backbone", "sampler", "arch", "n_images", "epochs", "windows_per_image",
+                                          "steps", "targets_seen", "pretrain_seconds", "heldout_ratio",
+                                          "transfer_spearman", "topk_overlap", "fid_plus_ratio_to_occlusion",
+                                          "seed"]},
     "04_throughput": {"throughput/throughput.csv": ["device", "threads", "backbone", "size", "method", "budget",
                                                     "batch_size", "n_tasks", "images_per_s", "ms_per_image",
                                                     "ratio_to_inference", "repeats"]},
@@ -95,7 +99,18 @@ def test_fidelity_diagnostics(smoke_results):
     abl = pd.read_csv(smoke_results / "fidelity" / "ablations.csv")
     ts = abl[abl.metric == "transfer_spearman"]
     assert len(ts) and ts.value.between(-1, 1).all()
-    assert {"pre-training set", "radius"} <= set(ts.ablation)
+    assert {"explainer", "radius"} <= set(ts.ablation)
+
+
+def test_scaling_study(smoke_results):
+    sc = pd.read_csv(smoke_results / "tve" / "scaling.csv")
+    assert set(sc.sampler) == {"dense", "online"} and (sc.groupby("sampler").size() >= 5).all()
+    for _, g in sc.groupby("sampler"):
+        assert g.pretrain_seconds.max() / g.pretrain_seconds.min() >= 4  # budgets span compute (16x in cpu)
+    assert sc.transfer_spearman.between(-1, 1).all() and (sc.pretrain_seconds > 0).all()
+    dense = sc[sc.sampler == "dense"]
+    assert (dense.windows_per_image == 64).all() and (sc[sc.sampler == "online"].windows_per_image < 64).all()
+    assert (smoke_results / "figures" / "03b_scaling.png").exists()
 
 
 def test_fidelity_reruns_after_later_notebooks_appended(smoke_results):

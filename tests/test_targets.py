@@ -119,7 +119,8 @@ def test_dense_and_online_training_reach_the_same_weights(tmp_path, arch):
 def test_token_store_equals_player_tokens(tmp_path):
     bb = tiny_backbone("swin")
     train, _ = _sets()
-    store, compute = token_store(bb, train, tmp_path, 0, 2, "float32")
+    cfg = TVEConfig(tap_layers=2, tap_pixels=False, target_dtype="float32")
+    store, compute = token_store(bb, train, tmp_path, 0, cfg)
     store.build(6, compute, progress=False)
     x = bb.normalize(train.get(upstream_order(train, 0)[:6])[0])
     tokens, emb = bb.player_tokens(x, 2)

@@ -19,8 +19,8 @@ from tve_lib.data import TensorImageSet
 from tve_lib.heads import make_head
 from tve_lib.masking import windows
 
-TINY = TVEConfig(depth=1, embed_dim=32, mix_hidden=32, epochs=2, n_images=32, batch_size=8,
-                 windows_per_image=2, n_heldout=8, lr=3e-3)
+TINY = TVEConfig(arch="two", sampler="online", centred_weight=1.0, depth=1, embed_dim=32, mix_hidden=32, epochs=2,
+                 n_images=32, batch_size=8, windows_per_image=2, n_heldout=8, lr=3e-3)
 
 
 class LinearPixels(nn.Module):
@@ -145,7 +145,7 @@ def test_explain_shapes_batch_invariance_and_seed(name, arch):
 
 def test_trunk_is_initialised_from_the_backbone():
     bb = tiny_backbone("vit")
-    m = tve_mod.TVEModel(32, 8, bb.embed_dim, TVEConfig(depth=2, embed_dim=bb.embed_dim, num_heads=1))
+    m = tve_mod.TVEModel(32, 8, bb.embed_dim, TVEConfig(arch="two", depth=2, embed_dim=bb.embed_dim, num_heads=1))
     n = m.init_from(bb.model)
     assert n > 10
     assert torch.equal(m.trunk_keep.vit.blocks[0].attn.qkv.weight, bb.model.blocks[0].attn.qkv.weight)
@@ -170,7 +170,8 @@ def test_pretraining_reduces_the_loss_and_is_deterministic(tmp_path, arch, sampl
     bb = tiny_backbone("vit")
     train, val = _data()
     cfg = TVEConfig(depth=1, embed_dim=32, mix_hidden=32, epochs=4, n_images=32, batch_size=8,
-                    windows_per_image=2, n_heldout=16, lr=3e-3, arch=arch, sampler=sampler)
+                    windows_per_image=2, n_heldout=16, lr=3e-3, arch=arch, sampler=sampler,
+                    centred_weight=1.0 if sampler == "online" else 4.0)
     hist = []
     for run in range(2):
         torch.manual_seed(0)

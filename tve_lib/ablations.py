@@ -1,16 +1,16 @@
 """TVE ablations (notebook 03b): which design choices make the zero-shot maps faithful.
 
-Factors (METHOD.md §1 choices): window radius r; transfer rule (keep-only λ⁻=0 as in the official
-demo, remove-only λ⁺=0, both); pooled vs raw map; whole head vs last layer only; shared vs two
-trunks; explainer depth; pre-training set size (25 %, 50 %, 100 %); and the reduced ablation
-pre-training budget against the profile's full one.
+Factors (docs/method.md §1 choices): window radius r; transfer rule (keep-only λ⁻=0 as in the
+official demo, remove-only λ⁺=0, both); pooled vs raw map; whole head vs last layer only; the
+explainer's shape (tapped on the backbone's tokens, two trunks as the official code, one shared
+trunk); its depth; upstream augmentation (composites); the loss's centred weight (dense); the
+tapped explainer's inputs. How much pre-training, and which sampler, is the scaling study's
+question (`tve_lib.scaling`), measured as a curve rather than as a factor.
 
 Every pre-trained variant uses the same reduced budget (``eval.ablation_epochs`` epochs of
 ``eval.ablation_images`` images; the reference explainer is the profile's TVEConfig at that
-budget), so variants differ in one factor only. Set-size variants draw a *fixed* subset of the
-upstream set and train proportionally more epochs (same number of optimiser steps), so they
-measure how much data is needed, not how much compute. Transfer variants reuse the reference
-explainer (no training).
+budget), so variants differ in one factor only. Transfer variants reuse the reference explainer
+(no training).
 """
 
 from __future__ import annotations
@@ -50,11 +50,14 @@ def reference_config(profile: Profile) -> TVEConfig:
 
 
 def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
-    """All variants; the reference appears once per factor (marked "(ref)")."""
+    """All variants; the reference appears once per factor (marked "(ref)").
+
+    How much pre-training (images, epochs) and which sampler are not factors here: the scaling
+    study (`tve_lib.scaling`, same notebook) measures them as a curve.
+    """
     ref = reference_config(profile)
     r0 = ref.radius or default_radius(grid)
     d0 = ref.depth
-    other_arch = "two" if ref.arch == "shared" else "shared"
     v = [Variant("radius", f"r={r}" + (" (ref)" if r == r0 else ""), dataclasses.replace(ref, radius=r))
          for r in sorted({max(1, r0 - 1), r0, r0 + 1, r0 + 2}) if r < grid]
     v += [Variant("transfer rule", "both (ref)", ref),
@@ -63,14 +66,23 @@ def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
           Variant("map", "raw (ref)", ref),
           Variant("map", "pooled", ref, transfer={"pool": True}),
           Variant("head", "whole head (ref)", ref),
-          Variant("head", "last layer only", ref, transfer={"last_layer_only": True}),
-          Variant("trunks", f"{ref.arch} (ref)", ref),
-          Variant("trunks", other_arch, dataclasses.replace(ref, arch=other_arch))]
+          Variant("head", "last layer only", ref, transfer={"last_layer_only": True})]
+    v += [Variant("explainer", f"{a}" + (" (ref)" if a == ref.arch else ""), dataclasses.replace(ref, arch=a))
+          for a in ("tapped", "two", "shared")]
     v += [Variant("depth", f"depth {d}" + (" (ref)" if d == d0 else ""), dataclasses.replace(ref, depth=d))
           for d in sorted({max(1, d0 // 2), d0, 2 * d0})]
-    v += [Variant("pre-training set", f"{round(100 * f)} %" + (" (ref)" if f == 1 else ""), ref, subset=f)
-          for f in (0.25, 0.5, 1.0)]
-    v += [Variant("budget", "reduced (ref)", ref), Variant("budget", "full profile", None)]
+    other_aug = "none" if ref.augment != "none" else "composite"
+    v += [Variant("upstream augmentation", f"{ref.augment} (ref)", ref),
+          Variant("upstream augmentation", other_aug, dataclasses.replace(ref, augment=other_aug))]
+    if ref.sampler == "dense":
+        other_w = 1.0 if ref.centred_weight != 1.0 else 4.0
+        v += [Variant("loss", f"centred weight {ref.centred_weight:g} (ref)", ref),
+              Variant("loss", f"centred weight {other_w:g}" + (" (plain MSE)" if other_w == 1 else ""),
+                      dataclasses.replace(ref, centred_weight=other_w))]
+    if ref.arch == "tapped":
+        v += [Variant("tapped inputs", "tokens + pixels (ref)" if ref.tap_pixels else "tokens (ref)", ref),
+              Variant("tapped inputs", "tokens only" if ref.tap_pixels else "tokens + pixels",
+                      dataclasses.replace(ref, tap_pixels=not ref.tap_pixels))]
     return v
 
 
@@ -85,13 +97,7 @@ def ablation_explainer(suite, backbone: str, variant: Variant):
     if variant.cfg is None:
         return suite.explainer(backbone, **variant.transfer)
     bb = suite.backbone(backbone)
-    cfg, train = variant.cfg, suite.upstream[0]
-    if variant.subset < 1.0:
-        g = torch.Generator().manual_seed(20_011 + suite.seed)
-        n = int(variant.subset * min(cfg.n_images, len(train)))
-        train = train.subset(torch.randperm(len(train), generator=g)[:n])
-        # same optimiser steps as the reference: fewer images, proportionally more epochs
-        cfg = dataclasses.replace(cfg, n_images=n, epochs=max(1, round(cfg.epochs / variant.subset)))
+    cfg = variant.cfg
     key = hashlib.sha1(repr((cfg, variant.subset, suite.tve_checkpoint(backbone, cfg).name)).encode()).hexdigest()[:10]
     ckpt = suite.ckpt_dir / f"tve_ablation_{backbone}_{key}.pt"
     radius = _radius(cfg, bb.grid)
@@ -104,7 +110,8 @@ def ablation_explainer(suite, backbone: str, variant: Variant):
             ckpt.unlink()
     torch.manual_seed(suite.seed)
     model = tve.build_explainer(bb, cfg)
-    tve.pretrain(model, bb, train, suite.upstream[1], cfg, ckpt, suite.seed, radius, progress=False)
+    tve.pretrain(model, bb, suite.pretrain_set(cfg), suite.upstream[1], cfg, ckpt, suite.seed, radius,
+                 progress=False, store_dir=suite.ckpt_dir)
     return tve.TVE(bb, model, radius, **variant.transfer)
 
 

@@ -85,7 +85,8 @@ class Backbone(nn.Module):
     forward = embed
 
     def player_tokens(self, x: torch.Tensor, n_layers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last ``n_layers`` token maps on the player grid ``[B, G², C]`` and ``g(x)`` ``[B, D]``.
+        """The last ``n_layers`` token maps (at most all of them) on the player grid ``[B, G², C]``
+        and ``g(x)`` ``[B, D]``.
 
         One pass through timm's ``forward_intermediates`` (NCHW maps, prefix tokens dropped, no
         hard-coded reshape); maps coarser than the player grid (Swin's later stages) are resized
@@ -95,18 +96,13 @@ class Backbone(nn.Module):
         if not hasattr(self.model, "forward_intermediates"):
             raise TypeError(f"{self.name}: {type(self.model).__name__} has no forward_intermediates; "
                             "the tapped TVE explainer needs a timm model that provides it")
+        n_layers = min(n_layers, len(getattr(self.model, "feature_info", [])) or n_layers)  # Swin: 2 stages
         final, maps = self.model.forward_intermediates(x, indices=n_layers, output_fmt="NCHW")
         g = self.grid
         maps = [m if m.shape[-2:] == (g, g) else
                 F.interpolate(m, size=(g, g), mode="bilinear", align_corners=False) for m in maps]
         tokens = torch.cat(maps, 1).flatten(2).transpose(1, 2)
         return tokens, self.model.forward_head(final, pre_logits=True)
-
-    def player_token_dim(self, n_layers: int = 1) -> int:
-        """Channels of `player_tokens` (probed once on a blank image)."""
-        with torch.no_grad():
-            x = torch.zeros(1, 3, self.img_size, self.img_size, device=self.mean.device, dtype=self.mean.dtype)
-            return int(self.player_tokens(x, n_layers)[0].shape[-1])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's own upstream classifier (cpu/smoke: trained by the suite)."""

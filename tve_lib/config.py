@@ -45,34 +45,37 @@ class HeadTrain:
 
 @dataclass(frozen=True)
 class TVEConfig:
-    # "two" independent trunks (the official shape) or one "shared" trunk with two heads. cpu ablation
-    # (notebook 03b, reduced budget): two trunks raise transfer Spearman 0.11 -> 0.29 and Fid+ AUC
-    # 0.573 -> 0.637 for 1.33x the pre-training time, so they are the default everywhere
-    arch: str = "two"
-    depth: int = 4
-    embed_dim: int = 64
-    num_heads: int = 2
+    """TVE pre-training; the defaults are the cpu profile's, chosen by measurement (notebook 03b and
+    docs/benchmarks.md): the tapped explainer on dense, stored targets of augmented upstream images."""
+
+    # "tapped": a few blocks on the frozen backbone's own tokens (explaining costs ~one inference);
+    # "two": independent ViT trunks (the official shape); "shared": one trunk, two heads
+    arch: str = "tapped"
+    depth: int = 2
+    embed_dim: int = 128
+    num_heads: int = 4
     mix_hidden: int = 256
-    init_from_backbone: bool = True
+    init_from_backbone: bool = True  # trunk shapes: initialise from the backbone where names/shapes agree
     residual: bool = True  # Φ⁻ = g(x) + Δ: the remove branch predicts the change from the full image
-    keep_weight: float = 1.0  # weight of the keep-branch MSE (its targets vary ~20x less in cpu)
+    keep_weight: float = 1.0  # weight of the keep-branch MSE
     radius: int | None = None  # None: scales with the grid, r = round(2 G / 14) (r=2 at 14x14)
-    windows_per_image: int = 2  # K of the online sampler; K=1 is the official setting; K >= G²: every window
+    windows_per_image: int = 1  # K of the online sampler; K=1 is the official setting; K >= G²: every window
     # "dense": every window of every image from a stored target set (tve_lib.targets), reused each epoch;
     # "online": K windows drawn per image per step, targets computed on the fly (upstream sets too big to store)
-    sampler: str = "online"
+    sampler: str = "dense"
     target_dtype: str = "float16"  # the target store's precision
-    tap_layers: int = 2  # arch "tapped": how many of the backbone's last token maps it reads
+    tap_layers: int = 4  # arch "tapped": how many of the backbone's last token maps it reads
+    tap_pixels: bool = True  # arch "tapped": also each player's own pixels
     # weight of the within-image part of the squared error (every window only): 1 = the plain MSE
-    centred_weight: float = 1.0
+    centred_weight: float = 4.0
     # upstream augmentation (tve_lib.augment): "none", or "composite": this fraction of the pre-training
     # images replaced by 2x2 composites of half-size upstream images and zoomed, shifted single images
-    augment: str = "none"
+    augment: str = "composite"
     augment_frac: float = 0.5
-    epochs: int = 2
-    n_images: int = 30000
-    batch_size: int = 128
-    lr: float = 1e-3
+    epochs: int = 60
+    n_images: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
     n_heldout: int = 512
@@ -105,9 +108,23 @@ class EvalConfig:
     fastshap_lr: float = 1e-3
     fastshap_eval_images: int = 32  # Fidelity+ AUC after each epoch, on this many test images
     # ablations (notebook 03b): variants are pre-trained with this reduced budget
-    ablation_epochs: int = 1
-    ablation_images: int = 8000
-    ablation_n_images: int = 200  # test images per task for the ablation metrics
+    ablation_epochs: int = 30
+    ablation_images: int = 300
+    ablation_n_images: int = 100  # test images per task for the ablation metrics
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """The scaling study of TVE pre-training (notebook 03b): budgets of both samplers, measured.
+
+    ``dense``: (images, epochs) with every window of every image; ``online``: (images, epochs, K)
+    with K windows drawn per image per step. Each budget is the profile's TVEConfig with those
+    fields replaced; one of the dense budgets is the profile's own (reused from notebook 01)."""
+
+    backbones: tuple[str, ...] = ("vit",)
+    n_test_images: int = 40  # test images per task scored for every budget
+    dense: tuple[tuple[int, int], ...] = ()
+    online: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,7 +192,7 @@ class BenchConfig:
     repeats: int = 5
     warmup: int = 1
     budgets: tuple[int, ...] = (150, 1000)  # KernelSHAP and LIME model calls per image
-    tve_archs: tuple[str, ...] = ("shared", "two")  # both TVE variants are timed
+    tve_archs: tuple[str, ...] = ("tapped", "two", "shared")  # the TVE shapes timed (the default first)
     n_tasks: int = 3  # task scaling: explain for 1..n_tasks heads
     task_batch_size: int = 32  # the largest benchmarked batch size <= this is used
     task_methods: tuple[str, ...] = ("tve", "kernelshap", "fastshap", "gradcam")  # shared, per-task, per-head
@@ -211,6 +228,7 @@ class Profile:
     head_train: HeadTrain = HeadTrain()
     tve: TVEConfig = TVEConfig()
     eval: EvalConfig = EvalConfig()
+    scaling: ScalingConfig = ScalingConfig()
     bench: BenchConfig = BenchConfig()
     xvec: XVecConfig = XVecConfig()
     ltx: LTXConfig = LTXConfig()
@@ -257,6 +275,9 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu", img_size=32, upstream="fashion_mnist", tasks=CPU_TASKS,
         backbones=_tiny_backbones(64, 4, 48), mean=FASHION_MEAN, std=FASHION_STD,
+        # budgets around the profile's (2000 images x 60 epochs, dense): 1/40x .. 1.3x of its training
+        scaling=ScalingConfig(dense=((250, 15), (500, 30), (1000, 45), (2000, 60), (2000, 80)),
+                              online=((2000, 1, 1), (2000, 2, 1), (2000, 4, 1), (2000, 8, 1), (2000, 16, 1))),
     ),
     "smoke": Profile(
         name="smoke", img_size=32, upstream="fashion_mnist", tasks=CPU_TASKS,
@@ -264,8 +285,10 @@ PROFILES: dict[str, Profile] = {
         n_upstream_val=256,
         backbone_train=BackboneTrain(epochs=1, n_images=2048, batch_size=128),
         head_train=HeadTrain(epochs=10),
-        tve=TVEConfig(depth=1, embed_dim=32, mix_hidden=64, epochs=1, n_images=512,
+        tve=TVEConfig(depth=1, embed_dim=32, mix_hidden=64, epochs=2, n_images=256,
                       batch_size=64, n_heldout=64),
+        scaling=ScalingConfig(n_test_images=4, dense=((32, 1), (64, 1), (64, 2), (128, 2), (256, 2)),
+                              online=((64, 1, 1), (128, 1, 1), (256, 1, 1), (256, 2, 1), (256, 4, 1))),
         eval=EvalConfig(n_transfer=4, n_fidelity=8, n_shapley=2, budgets=(32, 64),
                         sparsities=(0.0, 0.3, 0.6, 0.9), n_gallery=2, bootstrap=50, masked_batch_size=256,
                         shapley_groups=(2, 3),
@@ -291,9 +314,12 @@ PROFILES: dict[str, Profile] = {
         ),
         n_upstream_val=5000,
         head_train=HeadTrain(epochs=30),
-        tve=TVEConfig(arch="two", depth=12, embed_dim=768, num_heads=12, mix_hidden=1024,
-                      windows_per_image=1, epochs=10, n_images=1_281_167, batch_size=64,
-                      lr=1e-4, n_heldout=2048),
+        # ImageNet is too large to store every window: the official online sampler (K=1), no augmentation
+        tve=TVEConfig(arch="tapped", depth=4, embed_dim=768, num_heads=12, mix_hidden=1024, sampler="online",
+                      windows_per_image=1, centred_weight=1.0, augment="none", epochs=10, n_images=1_281_167,
+                      batch_size=64, lr=1e-4, n_heldout=2048),
+        scaling=ScalingConfig(n_test_images=100, online=((100_000, 1, 1), (200_000, 1, 1), (400_000, 1, 1),
+                                                         (800_000, 1, 1), (1_281_167, 1, 1))),
         eval=EvalConfig(n_transfer=200, n_fidelity=1000, n_shapley=16, batch_size=128, masked_batch_size=256,
                         budget_images=(1000, 200), fastshap_images=10000, fastshap_epochs=20,
                         fastshap_depth=6, fastshap_eval_images=200, ablation_epochs=2,

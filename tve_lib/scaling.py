@@ -107,3 +107,69 @@ def scaling_row(probe: ScalingProbe, cfg: TVEConfig) -> tuple[dict, pd.DataFrame
                depth=cfg.depth, embed_dim=cfg.embed_dim, n_test_images=probe.n_images,
                wall_seconds=time.time() - t0)
     return row, per.assign(backbone=b, sampler=cfg.sampler, arch=cfg.arch, n_images=n, epochs=cfg.epochs)
+
+
+def scaling_budgets(profile) -> list[TVEConfig]:
+    """Every budget of ``profile.scaling`` as a TVEConfig (dense first, then online)."""
+    sc, base = profile.scaling, profile.tve
+    out = [budget_config(base, sampler="dense", n_images=n, epochs=e) for n, e in sc.dense]
+    # the online sampler sees K drawn windows, not an image's every window: the plain MSE (centred weight 1)
+    out += [budget_config(base, sampler="online", n_images=n, epochs=e, windows_per_image=k, centred_weight=1.0)
+            for n, e, k in sc.online]
+    return out
+
+
+def run_scaling(suite, backbone: str, budgets: Sequence[TVEConfig], progress: bool = True
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of ``tve/scaling.csv`` for ``backbone`` (one per budget, ``SCALING_COLUMNS`` first) and
+    the per-setting scores behind them."""
+    probe = ScalingProbe(suite, backbone, suite.profile.scaling.n_test_images)
+    rows, per = [], []
+    for cfg in budgets:
+        row, p = scaling_row(probe, cfg)
+        rows.append(row)
+        per.append(p)
+        if progress:
+            print(f"[{backbone}] {cfg.sampler} {cfg.arch} {row['n_images']} images x {cfg.epochs} epochs: "
+                  f"{row['pretrain_seconds']:.0f} s, Spearman {row['transfer_spearman']:.3f} "
+                  f"(worst {row['transfer_spearman_min']:.3f})", flush=True)
+    df = pd.DataFrame(rows)
+    return df[SCALING_COLUMNS + [c for c in df.columns if c not in SCALING_COLUMNS]], pd.concat(per)
+
+
+def _seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+@torch.no_grad()
+def shape_front(suite, backbones: Sequence[str], ablations: pd.DataFrame, batch_size: int = 32,
+                repeats: int = 5) -> pd.DataFrame:
+    """Per backbone and explainer shape (the ablation factor "explainer"): mean transfer Spearman
+    and Fid⁺ AUC from ``ablations``, and explanation throughput over one backbone inference on a
+    batch of ``batch_size`` test images (median of ``repeats``)."""
+    from .ablations import ablation_explainer, ablation_variants
+
+    rows = []
+    for b in backbones:
+        bb = suite.backbone(b)
+        task = suite.task(suite.profile.tasks[0])
+        x = bb.normalize(task.test.get(torch.arange(min(batch_size, len(task.test))))[0].to(suite.device))
+        head = suite.head(b, suite.profile.tasks[0], "linear")
+        t_inf = _seconds(lambda bb=bb, x=x, head=head: head(bb.embed(x)), repeats)
+        for v in ablation_variants(suite.profile, bb.grid):
+            if v.ablation != "explainer":
+                continue
+            expl = ablation_explainer(suite, b, v)
+            t = _seconds(lambda e=expl, x=x, head=head: e.explain(x, head), repeats)
+            sel = ablations[(ablations.backbone == b) & (ablations.variant == v.variant)]
+            rows.append(dict(backbone=b, arch=v.cfg.arch, variant=v.variant, batch_size=len(x),
+                             ms_per_image=1000 * t / len(x), ratio_to_inference=t_inf / t,
+                             transfer_spearman=sel[sel.metric == "transfer_spearman"].value.mean(),
+                             fid_plus_auc=sel[sel.metric == "fid_plus_auc"].value.mean(), seed=suite.seed))
+    return pd.DataFrame(rows)

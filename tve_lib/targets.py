@@ -26,6 +26,33 @@ from tqdm.auto import tqdm
 from .backbones import Backbone
 from .data import ImageSet, content_digest
 from .io import CorruptCheckpoint, load_torch, save_torch, write_json
+from .masking import windows
+
+
+@torch.no_grad()
+def window_targets(backbone: Backbone, x: torch.Tensor, centres: torch.Tensor, radius: int,
+                   chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """``g(x ⊙ W_c)`` and ``g(x ⊙ (1 − W_c))`` for centres ``[B, K]``: two ``[B, K, D]`` tensors."""
+    win = windows(backbone.grid, radius, x.device)[centres]  # [B, K, P]
+    b, k = centres.shape
+    keep = backbone.mask(x, win).flatten(0, 1)  # [B*K, 3, S, S]
+    rem = backbone.mask(x, ~win).flatten(0, 1)
+    both = torch.cat([keep, rem])
+    e = torch.cat([backbone.embed(both[s:s + chunk]) for s in range(0, len(both), chunk)])
+    return e[: b * k].view(b, k, -1), e[b * k:].view(b, k, -1)
+
+
+@torch.no_grad()
+def all_window_embeddings(backbone: Backbone, x: torch.Tensor, radius: int,
+                          chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ``Φ``: window-kept and window-removed embeddings for every player, ``[B, G², D]`` x 2.
+
+    2·G² backbone passes per image; shared by every head, so one call serves all heads.
+    """
+    p = backbone.n_players
+    centres = torch.arange(p, device=x.device).expand(len(x), p)
+    return window_targets(backbone, x, centres, radius, chunk)
+
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
@@ -121,8 +148,6 @@ def _store_key(bb: Backbone, train: ImageSet, seed: int, **extra) -> dict:
 def window_store(bb: Backbone, train: ImageSet, root: Path, seed: int, radius: int, dtype: str,
                  chunk: int = 1024) -> tuple[TargetStore, callable]:
     """The store of ``keep, remove [P, D]`` and ``base [D]`` per image, with its compute function."""
-    from .tve import all_window_embeddings
-
     store = TargetStore(root, "targets", _store_key(bb, train, seed, radius=radius, dtype=dtype,
                                                     players=bb.n_players, dim=bb.embed_dim),
                         upstream_order(train, seed))
@@ -143,19 +168,21 @@ def window_store(bb: Backbone, train: ImageSet, root: Path, seed: int, radius: i
     return store, compute
 
 
-def token_store(bb: Backbone, train: ImageSet, root: Path, seed: int, layers: int, dtype: str,
-                batch: int = 256) -> tuple[TargetStore, callable]:
-    """The store of the tapped explainer's inputs: the backbone's player tokens ``[P, C]``."""
-    store = TargetStore(root, "tokens", _store_key(bb, train, seed, tap_layers=layers, dtype=dtype),
+def token_store(bb: Backbone, train: ImageSet, root: Path, seed: int, cfg, batch: int = 256
+                ) -> tuple[TargetStore, callable]:
+    """The store of the tapped explainer's inputs ``[P, C]`` (`tve_model.tapped_inputs`)."""
+    from .tve_model import tapped_inputs
+
+    store = TargetStore(root, "tokens", _store_key(bb, train, seed, tap_layers=cfg.tap_layers,
+                                                   tap_pixels=cfg.tap_pixels, dtype=cfg.target_dtype),
                         upstream_order(train, seed))
-    dev, dt = bb.mean.device, DTYPES[dtype]
+    dev, dt = bb.mean.device, DTYPES[cfg.target_dtype]
 
     def compute(ids: torch.Tensor) -> dict[str, torch.Tensor]:
         out = []
-        with torch.no_grad():
-            for s in range(0, len(ids), batch):
-                x = bb.normalize(train.get(ids[s:s + batch])[0].to(dev))
-                out.append(bb.player_tokens(x, layers)[0].to(dt).cpu())
+        for s in range(0, len(ids), batch):
+            x = bb.normalize(train.get(ids[s:s + batch])[0].to(dev))
+            out.append(tapped_inputs(bb, x, cfg)[0].to(dt).cpu())
         return {"tokens": torch.cat(out)}
 
     return store, compute

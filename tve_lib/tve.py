@@ -18,38 +18,13 @@ from torch import nn
 from .backbones import Backbone
 from .explainers.base import Explainer
 from .heads import check_head, last_linear
-from .masking import pool_map, windows
+from .masking import pool_map
+from .targets import all_window_embeddings, window_targets
 from .tve_model import ARCHS, MixHead, TappedModel, Trunk, TVEModel, build_explainer, load_explainer
 
 __all__ = ["ARCHS", "MixHead", "TappedModel", "TVEModel", "Trunk", "build_explainer", "load_explainer",
            "TVE", "all_window_embeddings", "heldout_losses", "pretrain", "transfer_rule", "window_occlusion",
            "window_targets"]
-
-
-# ----------------------------------------------------------------------------- targets
-@torch.no_grad()
-def window_targets(backbone: Backbone, x: torch.Tensor, centres: torch.Tensor, radius: int,
-                   chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """``g(x ⊙ W_c)`` and ``g(x ⊙ (1 − W_c))`` for centres ``[B, K]``: two ``[B, K, D]`` tensors."""
-    win = windows(backbone.grid, radius, x.device)[centres]  # [B, K, P]
-    b, k = centres.shape
-    keep = backbone.mask(x, win).flatten(0, 1)  # [B*K, 3, S, S]
-    rem = backbone.mask(x, ~win).flatten(0, 1)
-    both = torch.cat([keep, rem])
-    e = torch.cat([backbone.embed(both[s:s + chunk]) for s in range(0, len(both), chunk)])
-    return e[: b * k].view(b, k, -1), e[b * k:].view(b, k, -1)
-
-
-@torch.no_grad()
-def all_window_embeddings(backbone: Backbone, x: torch.Tensor, radius: int,
-                          chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact ``Φ``: window-kept and window-removed embeddings for every player, ``[B, G², D]`` x 2.
-
-    2·G² backbone passes per image; shared by every head, so one call serves all heads.
-    """
-    p = backbone.n_players
-    centres = torch.arange(p, device=x.device).expand(len(x), p)
-    return window_targets(backbone, x, centres, radius, chunk)
 
 
 def transfer_rule(phi_keep: torch.Tensor, phi_remove: torch.Tensor, head: nn.Module,

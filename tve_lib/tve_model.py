@@ -129,8 +129,7 @@ class TappedModel(_Heads):
 
     def prepare(self, backbone, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens, g(x))`` from one backbone pass."""
-        with torch.no_grad():
-            tokens, base = backbone.player_tokens(x, self.cfg.tap_layers)
+        tokens, base = tapped_inputs(backbone, x, self.cfg)
         if tokens.shape[-1] != self.token_dim:
             raise ValueError(f"this tapped explainer reads {self.token_dim}-channel tokens, the backbone "
                              f"gives {tokens.shape[-1]} (tap_layers={self.cfg.tap_layers})")
@@ -141,12 +140,29 @@ class TappedModel(_Heads):
         return self._out(t, t, base)
 
 
+@torch.no_grad()
+def tapped_inputs(backbone, x: torch.Tensor, cfg: TVEConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the tapped explainer reads, ``[B, G², C]``, and ``g(x)``: the backbone's last
+    ``cfg.tap_layers`` token maps and, with ``cfg.tap_pixels``, each player's own pixels (the local
+    content a window keeps, which the backbone's contextual tokens blur)."""
+    tokens, base = backbone.player_tokens(x, cfg.tap_layers)
+    if cfg.tap_pixels:
+        p = backbone.img_size // backbone.grid
+        pix = torch.nn.functional.unfold(x, kernel_size=p, stride=p).transpose(1, 2)  # [B, G², 3·p²]
+        tokens = torch.cat([tokens, pix], -1)
+    return tokens, base
+
+
 def build_explainer(backbone, cfg: TVEConfig) -> nn.Module:
     """A TVE model of shape ``cfg.arch`` for ``backbone`` (trunks initialised from it when asked)."""
     if cfg.arch not in ARCHS:
         raise ValueError(f"unknown TVE arch {cfg.arch!r}; expected one of: {', '.join(ARCHS)}")
     if cfg.arch == "tapped":
-        m = TappedModel(backbone.grid, backbone.player_token_dim(cfg.tap_layers), backbone.embed_dim, cfg)
+        with torch.no_grad():
+            blank = torch.zeros(1, 3, backbone.img_size, backbone.img_size, device=backbone.mean.device,
+                                dtype=backbone.mean.dtype)
+            dim = tapped_inputs(backbone, blank, cfg)[0].shape[-1]
+        m = TappedModel(backbone.grid, dim, backbone.embed_dim, cfg)
     else:
         m = TVEModel(backbone.img_size, backbone.grid, backbone.embed_dim, cfg)
         if cfg.init_from_backbone:

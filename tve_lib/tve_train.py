@@ -26,8 +26,7 @@ from .config import TVEConfig
 from .data import ImageSet, iter_batches
 from .io import checkpoint, resume, save_torch
 from .masking import default_radius
-from .targets import token_store, upstream_order, window_store
-from .tve import all_window_embeddings, window_targets
+from .targets import all_window_embeddings, token_store, upstream_order, window_store, window_targets
 
 SAMPLERS = ("dense", "online")
 
@@ -87,7 +86,7 @@ class DenseSource:
         n = len(ids)
         stores = [window_store(bb, train, root, seed, radius, cfg.target_dtype)]
         if getattr(model, "tapped", False):
-            stores.append(token_store(bb, train, root, seed, cfg.tap_layers, cfg.target_dtype))
+            stores.append(token_store(bb, train, root, seed, cfg))
         for store, compute in stores:
             if rank == 0:
                 store.build(n, compute, f"targets {bb.name}", progress)

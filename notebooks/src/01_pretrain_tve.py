@@ -9,16 +9,24 @@
 # * `Φ⁻_i(x) ≈ g(x ⊙ (1 − W_i))`: the window occluded (removed pixels → 0 in normalised space, the mean
 #   colour: the suite's single removal operator).
 #
-# Each step draws `K` window centres per image, computes both targets with the frozen backbone (no grad)
-# and minimises the two mean squared errors. The explainer never sees a label or a head: that is what makes
-# it transferable to any task on the same backbone (notebook 02).
+# The backbone is frozen, so both targets are a fixed function of the image. With the **dense** sampler (the
+# cpu default) every window of every pre-training image supervises each step: the `2·G²` target embeddings
+# per image are computed once into a target store (`results/<profile>/checkpoints/targets_*`, float16 shards
+# written atomically, keyed on the backbone's weights, the radius and the images; an interrupted build
+# resumes) and reused over many epochs. The **online** sampler (the official one, and the `paper` profile's,
+# where ImageNet is too large to store) draws `K` window centres per image per step and computes their
+# targets on the fly. One training loop serves both (`tve_lib.tve_train`), minimising the two mean squared
+# errors. The explainer never sees a label or a head: that is what makes it transferable to any task on the
+# same backbone (notebook 02).
 #
-# **Suite choices** (configurable in `tve_lib.config.TVEConfig`): the profile's explainer is a ViT trunk on
-# the backbone's player grid, initialised from the backbone's weights where names and shapes agree, with
-# token/channel-mixing heads; `arch="two"` (the official two independent trunks) in every profile, or
-# `arch="shared"` (one trunk, two heads: cheaper; notebook 03b compares them, and two trunks win clearly); `K` windows per image (`K=1` is the official setting); radius
-# `r = round(2G/14)` (the official `r=2` at 14×14). Multi-GPU: `torchrun --nproc_per_node=N -m
-# tve_lib.distributed --profile paper` runs this same loop under DistributedDataParallel.
+# **Suite choices** (configurable in `tve_lib.config.TVEConfig`, compared in notebook 03b, specified in
+# `docs/method.md`): the explainer shape (`arch`): `"tapped"`, a few transformer blocks on the frozen
+# backbone's own last token maps (timm's `forward_intermediates`, resized to the player grid) plus each
+# player's pixels, so that explaining costs about one backbone inference, or `"two"` independent ViT trunks on
+# the player grid (the official shape), or one `"shared"` trunk; a loss that weights the within-image part of
+# the squared error (`centred_weight`; 1 is the plain MSE); upstream augmentation by composites of half-size
+# upstream images (`augment`); radius `r = round(2G/14)` (the official `r=2` at 14×14). Multi-GPU: `torchrun
+# --nproc_per_node=N -m tve_lib.distributed --profile paper` runs this same loop under DistributedDataParallel.
 
 # %% tags=["parameters"]
 PROFILE = "cpu"
@@ -32,10 +40,11 @@ INTERACTIVE = False
 # %%
 import dataclasses
 
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from tve_lib import Suite
 from tve_lib.io import write_csv
+from tve_lib.findings import pretrain_finding
 from tve_lib.plots import loss_curves, savefig
 from tve_lib.transfer import pretrain_table, trivial_ratio
 
@@ -47,6 +56,8 @@ print({b: {"grid": suite.backbone(b).grid, "radius": suite.tve_radius(b)} for b 
 # %% [markdown]
 # ## Pre-train (or load) the three explainers
 # Checkpoints are written atomically after every epoch; an interrupted run resumes from the last one.
+# `seconds` counts training plus what the stored targets of these images cost (`target_seconds`), also when
+# an earlier run built them.
 
 # %%
 explainers = {b: suite.explainer(b) for b in suite.backbone_names}
@@ -67,10 +78,11 @@ savefig(fig, suite.path("figures", "01_pretrain_loss"))
 # ## Against the trivial predictor
 # The trivial predictor always outputs the mean target embedding; its MSE is the targets' variance. The
 # ratio (held-out MSE / trivial MSE, both branches pooled) says how much of the targets' variation the
-# explainer captures (cpu target ≤ 0.3).
+# explainer captures. The finding below is rendered from this run's tables.
 
 # %%
 ratios = trivial_ratio(pre)
 display(ratios)
 write_csv(ratios, suite.path("tve", "pretrain_ratio.csv"))
+display(Markdown(pretrain_finding(pre, ratios)))
 suite.write_run_json("tve", {"PROFILE": PROFILE, "SEED": SEED, "DEVICE": DEVICE, "notebook": "01_pretrain_tve"})

@@ -1,24 +1,31 @@
 # %% [markdown]
-# # 03b · Ablations: which choices make TVE's zero-shot maps faithful
+# # 03b · How much pre-training TVE needs, and which choices make its maps faithful
 #
-# The paper's ablation figure, on the metrics of notebook 03 (same images, removal operator, ranking rule
-# and bootstrap; `tve_lib.fidelity.evaluate_maps`). One factor changes at a time (`tve_lib.ablations`):
+# Two studies on the metrics of notebooks 02 and 03:
 #
-# * **window radius r** of the meta-attribution targets (each radius is a separately pre-trained explainer);
-# * **transfer rule**: keep-only (`λ⁻ = 0`, what the official demo shows), remove-only (`λ⁺ = 0`), both;
-# * **map**: raw, or average-pooled with kernel `2r+1` (the official demo's smoothed map);
-# * **head**: the whole head (this suite) or only its last Linear layer (the official code; differs for MLP heads);
-# * **trunks**: one shared trunk with two heads, or two independent trunks (the official shape);
-# * **explainer depth** (half, reference, double);
-# * **pre-training set size**: a fixed 25 % / 50 % / 100 % of the pre-training images, with proportionally
-#   more epochs so that every variant takes the same number of optimiser steps (data, not compute, varies);
-# * **pre-training budget**: the reduced budget every variant uses here against the profile's full one.
+# 1. **The scaling study** (`tve_lib.scaling`): TVE's amortisation error against pre-training compute,
+#    *measured*, for the dense sampler (every window of every image, from the stored targets) and the official
+#    online sampler (`K` windows drawn per image per step). Each budget is one pre-trained explainer, scored on
+#    `scaling.n_test_images` test images per task (a reduced count), both heads: the median Spearman with the
+#    exact window quantity (notebook 02), the worst task × head setting, and TVE's Fidelity⁺ AUC over that of
+#    exact window occlusion on the same images. `pretrain_seconds` counts training plus the stored targets the
+#    budget uses, so the samplers compare on total compute. One dense budget is the profile's own explainer.
+# 2. **Ablations** (`tve_lib.ablations`), one factor at a time at a reduced pre-training budget
+#    (`eval.ablation_epochs` epochs of `eval.ablation_images` images, the reference being the profile's
+#    TVEConfig at that budget), on the first `eval.ablation_n_images` evaluation images of each task:
+#    * **window radius r** of the targets (each radius a separately pre-trained explainer);
+#    * **transfer rule**: keep-only (`λ⁻ = 0`, the official demo), remove-only (`λ⁺ = 0`), both;
+#    * **map**: raw, or average-pooled with kernel `2r+1` (the official demo's smoothed map);
+#    * **head**: the whole head (this suite) or only its last Linear layer (the official code);
+#    * **explainer**: tapped on the frozen backbone's own tokens, two independent trunks (the official shape),
+#      one shared trunk; and its **depth**;
+#    * **upstream augmentation**: composites of half-size upstream images and zoomed, shifted ones (never a
+#      downstream image), per task: it targets the mosaic layout that pre-training on single items never shows;
+#    * **loss**: the weight of the within-image part of the squared error (1 = the plain MSE);
+#    * **tapped inputs**: the backbone's tokens with or without each player's own pixels.
 #
-# **Compute note.** To fit the cpu budget, every pre-trained variant (and the reference it is compared with)
-# is pre-trained with a reduced budget, `eval.ablation_epochs` epoch(s) of `eval.ablation_images` upstream
-# images, and evaluated on the first `eval.ablation_n_images` evaluation images of each task; the
-# "full profile" row is the explainer of notebooks 01–03. Ablations run on the backbones listed in
-# `ABLATION_BACKBONES` (cpu: ViT only).
+# Then the quality-against-throughput front of the explainer shapes. Backbones: `SCALING_BACKBONES` and
+# `ABLATION_BACKBONES` (cpu: ViT).
 
 # %% tags=["parameters"]
 PROFILE = "cpu"
@@ -29,27 +36,52 @@ WEIGHTS_DIR = ""
 RESULTS_DIR = "results"
 INTERACTIVE = False
 ABLATION_BACKBONES = ["vit"]
+SCALING_BACKBONES = []  # [] = the profile's scaling.backbones
 
 # %%
 import time
 
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from tve_lib import Suite
 from tve_lib.ablations import ablation_variants, reference_config, run_ablations
-from tve_lib.fidelity_plots import ablation_bars
-from tve_lib.io import upsert_csv
+from tve_lib.figures import SPEARMAN_OK
+from tve_lib.fidelity_plots import ablation_bars, scaling_curve
+from tve_lib.findings import scaling_finding
+from tve_lib.io import upsert_csv, write_csv
 from tve_lib.plots import savefig
+from tve_lib.scaling import run_scaling, scaling_budgets, shape_front
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
-ev = suite.profile.eval
+ev, sc, tcfg = suite.profile.eval, suite.profile.scaling, suite.profile.tve
 ref = reference_config(suite.profile)
-print(f"reference for the ablations: {ref.arch} trunk(s), depth {ref.depth}, {ref.epochs} epoch(s) of "
-      f"{ref.n_images} images (profile: {suite.profile.tve.epochs} epochs of {suite.profile.tve.n_images}); "
+budgets = scaling_budgets(suite.profile)
+print(f"scaling: {len(budgets)} budgets on {SCALING_BACKBONES or list(sc.backbones)}, "
+      f"{sc.n_test_images} test images per task; profile explainer: {tcfg.sampler} sampler, {tcfg.arch}, "
+      f"{tcfg.n_images} images x {tcfg.epochs} epochs")
+print(f"ablation reference: {ref.arch}, depth {ref.depth}, {ref.epochs} epoch(s) of {ref.n_images} images; "
       f"{ev.ablation_n_images} test images per task")
 
 # %% [markdown]
-# ## Pre-train and evaluate every variant
+# ## The scaling study
+
+# %%
+t0 = time.time()
+scaling_path = suite.path("tve", "scaling.csv")
+for b in SCALING_BACKBONES or sc.backbones:
+    rows, per_setting = run_scaling(suite, b, budgets)
+    # a backbone's study is rerun whole: its rows are replaced, other backbones' kept
+    scaling = upsert_csv(rows, scaling_path, ["backbone", "seed"])
+    upsert_csv(per_setting.assign(seed=SEED), suite.path("tve", "scaling_settings.csv"), ["backbone", "seed"])
+print(f"scaling study in {time.time() - t0:.0f} s")
+scaling = scaling[scaling.seed == SEED]
+fig = scaling_curve(scaling, SPEARMAN_OK)
+savefig(fig, suite.path("figures", "03b_scaling"))
+display(scaling.drop(columns=["seed"]).round(3))
+display(Markdown(scaling_finding(scaling, tcfg.n_images, tcfg.epochs)))
+
+# %% [markdown]
+# ## Ablations: pre-train and evaluate every variant
 
 # %%
 path = suite.path("fidelity", "ablations.csv")
@@ -66,8 +98,7 @@ print(f"ablations in {time.time() - t0:.0f} s")
 # Fidelity⁺ AUC (↑) and Fidelity⁻ AUC (↓) of each variant, per task (mean of the linear and MLP heads); then
 # agreement with exact Shapley values, and `transfer_spearman`: the mean per-image Spearman correlation of the
 # variant's map with the exact window quantity it amortises (notebook 02's transfer error, first
-# `eval.n_transfer` images). The last one isolates the amortisation error: the pre-training-set and budget
-# rows show how far more pre-training moves it.
+# `eval.n_transfer` images), which isolates the amortisation error. The augmentation rows are per task.
 
 # %%
 table = table[(table.seed == SEED) & table.backbone.isin(ABLATION_BACKBONES)]
@@ -83,5 +114,19 @@ for metric in ("fid_plus_auc", "fid_minus_auc", "shapley_spearman", "transfer_sp
 wide = table.pivot_table(index=["backbone", "ablation", "variant"], columns="metric", values="value")
 wide["pretrain_s"] = table.groupby(["backbone", "ablation", "variant"]).seconds.first()
 display(wide.round(3))
-suite.write_run_json("ablations", {"backbones": ABLATION_BACKBONES},
-                     reference=ref.__dict__, n_variants=int(table.variant.nunique()))
+display(table[table.ablation == "upstream augmentation"].pivot_table(
+    index=["task", "head"], columns="variant", values="value", aggfunc="first").round(3)
+    if "upstream augmentation" in set(table.ablation) else "no augmentation factor")
+
+# %% [markdown]
+# ## Quality against throughput: the explainer shapes
+# Each shape's transfer Spearman (ablation budget, above) beside its explanation throughput relative to one
+# backbone inference, measured here on a batch of test images (the full benchmark is notebook 04).
+
+# %%
+front = shape_front(suite, ABLATION_BACKBONES, table)
+write_csv(front, suite.path("tve", "shape_front.csv"))
+display(front.round(3))
+suite.write_run_json("ablations", {"ablation_backbones": ABLATION_BACKBONES,
+                                   "scaling_backbones": SCALING_BACKBONES or list(sc.backbones)},
+                     reference=ref.__dict__, n_variants=int(table.variant.nunique()), n_budgets=len(budgets))

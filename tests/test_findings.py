@@ -1,0 +1,54 @@
+"""Findings and the README's claims block are rendered from tables, so they follow the numbers."""
+
+import json
+
+import pandas as pd
+
+from tve_lib.figures import HELDOUT_RATIO_OK, SPEARMAN_OK
+from tve_lib.findings import pretrain_finding, scaling_finding, transfer_finding
+from tve_lib.readme import BEGIN, END, update_readme
+
+
+def _summary(values):
+    rows = [dict(rule="whole_head", backbone="vit", task=t, head=h, median_spearman=v, mean_topk_overlap=0.7,
+                 n_images=40) for (t, h), v in zip([("a", "linear"), ("a", "mlp"), ("b", "linear")], values)]
+    return pd.DataFrame(rows)
+
+
+def test_transfer_finding_follows_the_numbers():
+    good = transfer_finding(_summary([0.9, 0.95, 0.88]))
+    bad = transfer_finding(_summary([0.9, 0.95, SPEARMAN_OK - 0.01]))
+    assert "3/3" in good and "**missed**" not in good.split("Mean top")[0]
+    assert "2/3" in bad and "**missed**" in bad and "vit/b/linear" in bad
+
+
+def test_pretrain_finding_reports_time_and_ratio():
+    pre = pd.DataFrame([dict(backbone="vit", epoch=1, split="heldout", seconds=100.0, target_seconds=40.0)])
+    ratios = pd.DataFrame([dict(backbone="vit", ratio=HELDOUT_RATIO_OK + 0.01, ratio_keep=0.2, ratio_remove=0.1)])
+    f = pretrain_finding(pre, ratios)
+    assert "vit 100 s" in f and "40 s" in f and "**missed**" in f
+
+
+def test_scaling_finding_names_the_first_budget_meeting_the_target():
+    sc = pd.DataFrame([dict(backbone="vit", sampler="dense", arch="tapped", n_images=n, epochs=e, pretrain_seconds=s,
+                            transfer_spearman=m, transfer_spearman_min=w, fid_plus_ratio_to_occlusion=0.9,
+                            n_test_images=40)
+                       for n, e, s, m, w in ((100, 1, 10, 0.5, 0.3), (200, 2, 40, 0.9, SPEARMAN_OK),
+                                             (400, 4, 160, 0.95, 0.9))])
+    f = scaling_finding(sc, 200, 2)
+    assert "first at 40 s" in f and "16× compute" in f and "on the curve" in f
+
+
+def test_readme_block_is_regenerated(tmp_path):
+    root = tmp_path / "cpu"
+    root.mkdir()
+    pd.DataFrame([dict(id="x", method="TVE", claim="small error", verdict="partly", evidence="3/18 pass",
+                       rule="r")]).to_csv(root / "claims.csv", index=False)
+    (root / "run.json").write_text(json.dumps({"git_commit": "abc", "wall_time_s": 12.5, "notebook_wall_s": {"00": 1},
+                                               "device": {"device": "cpu", "threads": 2}}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\nold table\n{END}\nrest\n")
+    update_readme(root, readme)
+    text = readme.read_text()
+    assert "old table" not in text and "TVE: small error" in text and "3/18 pass" in text
+    assert "12.5 s" in text and text.startswith("intro") and text.endswith("rest\n")

@@ -1,0 +1,97 @@
+"""Findings as prose, rendered from a run's tables (so the words are true for every rerun).
+
+Each function takes the DataFrames a notebook just wrote (or read back) and returns Markdown; the
+thresholds are the claim rules' (`tve_lib.figures`), never literals in a notebook.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .figures import (
+    FID_RATIO_MEDIAN_OK,
+    FID_RATIO_WORST_OK,
+    HELDOUT_RATIO_OK,
+    PRETRAIN_SECONDS_OK,
+    SPEARMAN_OK,
+    TOPK_OK,
+)
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _range(s: pd.Series, fmt: str = ".2f") -> str:
+    return f"{s.min():{fmt}}" if s.min() == s.max() else f"{s.min():{fmt}}–{s.max():{fmt}}"
+
+
+def pretrain_finding(pre: pd.DataFrame, ratios: pd.DataFrame) -> str:
+    """Notebook 01: pre-training time (target store included) and the held-out/trivial ratio."""
+    last = pre.sort_values("epoch").groupby("backbone").tail(1).set_index("backbone")
+    secs = last.seconds
+    tgt = last.target_seconds if "target_seconds" in last else pd.Series(0.0, index=last.index)
+    r = ratios.set_index("backbone").ratio
+    lines = [f"**Finding (this run).** Pre-training took {', '.join(f'{b} {secs[b]:.0f} s' for b in secs.index)} "
+             f"per backbone, of which the stored targets took {', '.join(f'{tgt[b]:.0f} s' for b in secs.index)} "
+             f"(target ≤ {PRETRAIN_SECONDS_OK:.0f} s: {_met(bool((secs <= PRETRAIN_SECONDS_OK).all()))}).",
+             f"Held-out MSE over the trivial predictor's, both branches pooled: "
+             f"{', '.join(f'{b} {r[b]:.3f}' for b in r.index)} (target ≤ {HELDOUT_RATIO_OK:g}: "
+             f"{_met(bool((r <= HELDOUT_RATIO_OK).all()))}); keep branch {_range(ratios.ratio_keep, '.3f')}, "
+             f"remove branch {_range(ratios.ratio_remove, '.3f')}."]
+    return " ".join(lines)
+
+
+def transfer_finding(summary: pd.DataFrame) -> str:
+    """Notebook 02: the whole-head medians against the convergence targets, by task."""
+    s = summary[summary.rule == "whole_head"] if "rule" in summary else summary
+    ok = int((s.median_spearman >= SPEARMAN_OK).sum())
+    worst = s.loc[s.median_spearman.idxmin()]
+    by_task = s.groupby("task").median_spearman
+    parts = [f"**Finding (this run, {int(s.n_images.max())} images per task).** Median Spearman with the exact "
+             f"window quantity is ≥ {SPEARMAN_OK:g} in {ok}/{len(s)} backbone × task × head settings "
+             f"({_met(ok == len(s))}); by task: "
+             + "; ".join(f"{t} {_range(v)}" for t, v in by_task) + ".",
+             f"The weakest setting is {worst.backbone}/{worst.task}/{worst['head']} ({worst.median_spearman:.2f}).",
+             f"Mean top-10 % overlap: {_range(s.mean_topk_overlap)} (target ≥ {TOPK_OK:g} in every setting: "
+             f"{_met(bool((s.mean_topk_overlap >= TOPK_OK).all()))})."]
+    if "last_layer" in set(summary.get("rule", [])):
+        ll = summary[(summary.rule == "last_layer")].median_spearman
+        wh = s[s["head"] == "mlp"].median_spearman
+        parts.append(f"On MLP heads the official last-layer rule gives {_range(ll)} against {_range(wh)} for the "
+                     "whole-head rule.")
+    return " ".join(parts)
+
+
+def scaling_finding(scaling: pd.DataFrame, profile_images: int, profile_epochs: int) -> str:
+    """Notebook 03b: the measured curve, and the smallest measured budget meeting each target."""
+    out = []
+    for (b, sampler, arch), g in scaling.groupby(["backbone", "sampler", "arch"]):
+        g = g.sort_values("pretrain_seconds")
+        best = g.loc[g.transfer_spearman.idxmax()]
+        lo, hi = g.pretrain_seconds.min(), g.pretrain_seconds.max()
+        sp = g.transfer_spearman
+        txt = (f"{b}, {sampler} sampler, {arch}: {len(g)} budgets from {lo:.0f} s to {hi:.0f} s of pre-training "
+               f"({hi / lo:.0f}× compute); median transfer Spearman {sp.iloc[0]:.2f} → {sp.iloc[-1]:.2f}"
+               f" (best {best.transfer_spearman:.2f} at {best.n_images} images × {best.epochs} epochs)")
+        if "transfer_spearman_min" in g:
+            hit = g[g.transfer_spearman_min >= SPEARMAN_OK]
+            txt += (f"; every setting ≥ {SPEARMAN_OK:g} first at {hit.pretrain_seconds.iloc[0]:.0f} s" if len(hit) else
+                    f"; no measured budget brings every setting to {SPEARMAN_OK:g} (worst setting at the largest: "
+                    f"{g.transfer_spearman_min.iloc[-1]:.2f})")
+        fr = g.fid_plus_ratio_to_occlusion
+        txt += f"; Fid⁺ ratio to occlusion {fr.iloc[0]:.2f} → {fr.iloc[-1]:.2f}"
+        out.append(txt)
+    prof = scaling[(scaling.n_images == profile_images) & (scaling.epochs == profile_epochs)]
+    head = (f"**Finding (this run, {int(scaling.n_test_images.max()) if 'n_test_images' in scaling else '?'} test "
+            f"images per task).** ")
+    if len(prof):
+        head += f"The profile's budget ({profile_images} images × {profile_epochs} epochs) is on the curve. "
+    return head + "\n\n" + "\n".join(f"- {t}." for t in out)
+
+
+def fidelity_ratio_finding(ratios: pd.Series) -> str:
+    """Notebook 03b: TVE ÷ window occlusion Fid⁺ AUC per setting, against the targets."""
+    return (f"TVE ÷ window occlusion Fid⁺ AUC over the {len(ratios)} settings: median {ratios.median():.3f} "
+            f"(target ≥ {FID_RATIO_MEDIAN_OK:g}: {_met(ratios.median() >= FID_RATIO_MEDIAN_OK)}), worst "
+            f"{ratios.min():.3f} (target ≥ {FID_RATIO_WORST_OK:g}: {_met(ratios.min() >= FID_RATIO_WORST_OK)}).")

@@ -1,0 +1,49 @@
+"""Regenerate the README's claims table from a run: ``python -m tve_lib.readme results/cpu``.
+
+The block between ``<!-- claims:begin -->`` and ``<!-- claims:end -->`` in README.md is replaced by
+the run's ``claims.csv`` (written by notebook 07) with the run's commit and wall time, so the
+README never quotes numbers by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .figures import markdown_table
+from .io import atomic_path
+
+BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def claims_block(root: Path) -> str:
+    """The Markdown block for the run in ``root`` (= results/<profile>)."""
+    claims = pd.read_csv(root / "claims.csv")
+    claims["claim"] = claims["method"] + ": " + claims["claim"]
+    run = json.loads((root / "run.json").read_text()) if (root / "run.json").exists() else {}
+    walls = run.get("notebook_wall_s", {})
+    head = (f"Profile `{root.name}`, commit `{run.get('git_commit', 'unknown')}`, "
+            f"{run.get('device', {}).get('threads', '?')} threads on `{run.get('device', {}).get('device', '?')}`; "
+            f"`./run_all.sh` wall time {run.get('wall_time_s', '?')} s over {len(walls)} notebooks "
+            f"(`run.json`: `wall_time_s`). Verdicts and numbers from `{root.name}/claims.csv`:")
+    table = markdown_table(claims.rename(columns={"verdict": f"verdict ({root.name})", "evidence": "the numbers"}),
+                           ["claim", f"verdict ({root.name})", "the numbers"])
+    return "\n".join([BEGIN, head, "", table, END])
+
+
+def update_readme(root: Path, readme: Path = README) -> None:
+    """Replace the claims block of ``readme`` with that of the run in ``root``."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{readme} has no {BEGIN} ... {END} block to replace")
+    a, b = text.index(BEGIN), text.index(END) + len(END)
+    with atomic_path(readme) as tmp:
+        tmp.write_text(text[:a] + claims_block(Path(root)) + text[b:])
+
+
+if __name__ == "__main__":
+    update_readme(Path(sys.argv[1] if len(sys.argv) > 1 else "results/cpu"))
