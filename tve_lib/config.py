@@ -129,7 +129,7 @@ class ScalingConfig:
 
 @dataclass(frozen=True)
 class LTXConfig:
-    """LTX / pLTX (METHOD.md §3): pre-training per task, then per-image fine-tuning."""
+    """LTX / pLTX (docs/method.md §3): pre-training per task, then per-image fine-tuning."""
 
     mode: str = "predicted"  # CE target: "predicted" (class on the full image) or "target" (label)
     mask_penalty: str = "mean"  # "mean": λ·mean(m); "bce": λ·BCEWithLogits(m, 0) as the official code
@@ -153,7 +153,7 @@ class LTXConfig:
 
 @dataclass(frozen=True)
 class XVecConfig:
-    """The explainability vector (METHOD.md §4): self-explaining models and task arithmetic."""
+    """The explainability vector (docs/method.md §4): self-explaining models and task arithmetic."""
 
     backbones: tuple[str, ...] = ("vit",)  # the profile's backbones notebook 06 runs on
     train_blocks: int = 2  # last backbone blocks fine-tuned (plus the final norm); -1: all

@@ -305,7 +305,7 @@ def amortisation_ceiling(per_image: pd.DataFrame, metric: str = "fid_plus_auc",
                          target: str = "occlusion") -> pd.DataFrame:
     """Splits TVE's gap to the best method into *amortisation* and *target* parts.
 
-    TVE amortises exact window occlusion (METHOD.md §1: ``f(x⊙W_i) − f(x⊙(1−W_i))``), so its
+    TVE amortises exact window occlusion (docs/method.md §1: ``f(x⊙W_i) − f(x⊙(1−W_i))``), so its
     Fidelity⁺ AUC is bounded, up to amortisation error, by that of ``target``. Per backbone × task ×
     head (paired on common images): ``tve_over_target`` (how well TVE amortises its target),
     ``target_over_best`` (how good the target quantity itself is against the best other method,

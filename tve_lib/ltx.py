@@ -1,4 +1,4 @@
-"""LTX, "Learning to Explain" (Barkan et al., ICDM 2023; METHOD.md §3): the task-specific peer.
+"""LTX, "Learning to Explain" (Barkan et al., ICDM 2023; docs/method.md §3): the task-specific peer.
 
 The explainer is a deep copy of the explained backbone's timm model (patch and position
 embeddings frozen) whose patch tokens feed ``Linear(d,d) → tanh → Linear(d,1) → sigmoid``: a

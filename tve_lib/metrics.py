@@ -1,4 +1,4 @@
-"""Attribution metrics (METHOD.md §2), batched torch, on any device.
+"""Attribution metrics (docs/method.md §2), batched torch, on any device.
 
 Conventions shared by every metric here:
 

@@ -1,4 +1,4 @@
-"""TVE: meta-attribution pre-training and zero-shot attribution transfer (METHOD.md §1).
+"""TVE: meta-attribution pre-training and zero-shot attribution transfer (docs/method.md §1).
 
 The explainer ``ψ(x) = (Φ⁺(x), Φ⁻(x))``, each ``[G², D]``, predicts in one forward pass, for
 every player i, the backbone embedding of the image with only the window ``W_i`` kept

@@ -1,4 +1,4 @@
-"""The explainability vector (METHOD.md §4): self-explaining models and task arithmetic.
+"""The explainability vector (docs/method.md §4): self-explaining models and task arithmetic.
 
 Everything here beyond the paper's abstract is a **suite choice**:
 

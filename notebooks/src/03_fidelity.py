@@ -191,7 +191,7 @@ for row in verdict[~verdict.ok].itertuples():
 # %% [markdown]
 # ## Where TVE's gap to the best method comes from
 # TVE does not amortise Shapley values: it amortises exact **window occlusion**, `f(x⊙W_i) − f(x⊙(1−W_i))`
-# (METHOD.md §1). So TVE / best = (TVE / occlusion) × (occlusion / best): the first factor is the
+# (docs/method.md §1). So TVE / best = (TVE / occlusion) × (occlusion / best): the first factor is the
 # amortisation error (pre-training budget, explainer size), the second is how good the window quantity itself
 # is as a ranking of patches, which no amount of pre-training can raise. The table splits every combination.
 #

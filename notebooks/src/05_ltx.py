@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 05 · LTX: what TVE's transfer costs or buys against a per-task learned explainer
 #
-# **LTX** ("Learning to Explain", Barkan et al., ICDM 2023; METHOD.md §3) is the strongest published learned
+# **LTX** ("Learning to Explain", Barkan et al., ICDM 2023; docs/method.md §3) is the strongest published learned
 # explainer that is *not* transferable: it is trained for each task, with that task's classifier and images.
 # Its explainer is a copy of the explained backbone (same weights; patch and position embeddings frozen)
 # whose last-layer patch tokens feed `Linear(d,d) → tanh → Linear(d,1) → sigmoid`: a `G×G` mask `m`
