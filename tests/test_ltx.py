@@ -1,4 +1,4 @@
-"""LTX (METHOD.md §3): the mask explainer, pre-training, per-image fine-tuning and step selection."""
+"""LTX (docs/method.md §3): the mask explainer, pre-training, per-image fine-tuning and step selection."""
 
 import dataclasses
 
