@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -102,8 +103,6 @@ class TargetStore:
 
         Returns the seconds spent computing (0 when everything was stored already).
         """
-        import time
-
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json(self.key, self.dir / "key.json")
         shards = range(math.ceil(min(n, len(self.ids)) / self.shard_size))
@@ -118,26 +117,26 @@ class TargetStore:
                         **{k: v.contiguous() for k, v in out.items()}}, self._shard(i))
         return time.time() - t0 if todo else 0.0
 
-    def cost(self, n: int) -> float:
-        """Seconds it took to compute the targets of the first ``n`` images (pro rata per shard)."""
-        total = 0.0
+    def read(self, n: int) -> tuple[dict[str, torch.Tensor], float]:
+        """The stored tensors of the first ``n`` images (each ``[n, ...]``), read once, and the seconds
+        it took to compute them (pro rata per shard)."""
+        parts, cost = [], 0.0
         for i in range(math.ceil(n / self.shard_size)):
             s = self._read(i)
             if s is None:
                 raise FileNotFoundError(f"target shard {self._shard(i)} is missing; build the store first")
             m = len(s["ids"])
-            total += float(s.get("seconds", 0.0)) * min(m, n - i * self.shard_size) / m
-        return total
+            cost += float(s.get("seconds", 0.0)) * min(m, n - i * self.shard_size) / m
+            parts.append(s)
+        return {k: torch.cat([p[k] for p in parts])[:n] for k in parts[0] if k != "seconds"}, cost
 
     def load(self, n: int) -> dict[str, torch.Tensor]:
         """The stored tensors of the first ``n`` images (each ``[n, ...]``)."""
-        parts = []
-        for i in range(math.ceil(n / self.shard_size)):
-            s = self._read(i)
-            if s is None:
-                raise FileNotFoundError(f"target shard {self._shard(i)} is missing; build the store first")
-            parts.append(s)
-        return {k: torch.cat([p[k] for p in parts])[:n] for k in parts[0] if k != "seconds"}
+        return self.read(n)[0]
+
+    def cost(self, n: int) -> float:
+        """Seconds it took to compute the targets of the first ``n`` images (pro rata per shard)."""
+        return self.read(n)[1]
 
 
 def _store_key(bb: Backbone, train: ImageSet, seed: int, **extra) -> dict:

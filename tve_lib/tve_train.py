@@ -62,6 +62,7 @@ class OnlineSource:
     def __init__(self, model: nn.Module, bb: Backbone, train: ImageSet, ids: torch.Tensor, radius: int, k: int):
         self.model, self.bb, self.train, self.ids, self.radius = model, bb, train, ids, radius
         self.k = k if k < bb.n_players else None  # K >= G²: every window, nothing drawn
+        self.cost = 0.0  # no stored targets
 
     def centres(self, n: int, gen: torch.Generator) -> torch.Tensor | None:
         return None if self.k is None else torch.randint(0, self.bb.n_players, (n, self.k), generator=gen)
@@ -85,17 +86,19 @@ class DenseSource:
         self.model, self.bb, self.train, self.ids = model, bb, train, ids
         n = len(ids)
         stores = [window_store(bb, train, root, seed, radius, cfg.target_dtype)]
-        if getattr(model, "tapped", False):
+        if model.tapped:
             stores.append(token_store(bb, train, root, seed, cfg))
         for store, compute in stores:
             if rank == 0:
                 store.build(n, compute, f"targets {bb.name}", progress)
             if world > 1:
                 dist.barrier()
-        self.cost = sum(store.cost(n) for store, _ in stores)  # what the targets cost, reused or not
-        dev, dt = bb.mean.device, bb.mean.dtype
-        self.data = {k: v.to(dev) for s, _ in stores for k, v in s.load(n).items()}
-        self.dtype = dt
+        dev, self.dtype = bb.mean.device, bb.mean.dtype
+        self.data, self.cost = {}, 0.0  # cost: what the targets cost, reused or not
+        for store, _ in stores:
+            data, cost = store.read(n)
+            self.data.update({k: v.to(dev) for k, v in data.items()})
+            self.cost += cost
 
     def centres(self, n: int, gen: torch.Generator) -> None:
         return None
@@ -188,7 +191,7 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
     else:
         source = OnlineSource(model, backbone, train, ids, radius, cfg.windows_per_image)
     if "target_seconds" not in state:  # counted once, also when the store was built by an earlier run
-        state["target_seconds"] = getattr(source, "cost", 0.0)
+        state["target_seconds"] = source.cost
         state["seconds"] += state["target_seconds"]
     probe = _probe(backbone, val, cfg, seed, radius)
 
