@@ -14,8 +14,8 @@ from conftest import tiny_backbone  # noqa: E402
 
 from tve_lib.config import TVEConfig  # noqa: E402
 from tve_lib.data import TensorImageSet  # noqa: E402
-from tve_lib.distributed import init_distributed  # noqa: E402
-from tve_lib.tve import build_explainer, pretrain  # noqa: E402
+from tve_lib.explainers.tve import build_explainer, pretrain  # noqa: E402
+from tve_lib.studies.distributed import init_distributed  # noqa: E402
 
 out = Path(sys.argv[1])
 rank, world, device = init_distributed()

@@ -1,5 +1,6 @@
-"""tve_lib.bench: the timing helper's mechanics, model-call recording and replay, the benchmark
-rows' contract, estimation under a time cap, and the target checks. No test asserts a speed."""
+"""tve_lib.timing, tve_lib.studies.throughput(_runs) and tve_lib.report.throughput: the timing helper's
+mechanics, model-call recording and replay, the benchmark rows' contract, estimation under a time cap,
+the method specs and the target checks. No test asserts a speed."""
 
 import itertools
 
@@ -9,10 +10,14 @@ import pytest
 import torch
 from conftest import tiny_backbone
 
-from tve_lib import bench
+from tve_lib import schema, timing
 from tve_lib.config import TVEConfig, get_profile
 from tve_lib.explainers.base import Explainer
 from tve_lib.heads import make_head
+from tve_lib.report import claims
+from tve_lib.report import throughput as report
+from tve_lib.studies import throughput as bench
+from tve_lib.studies import throughput_runs as running
 
 
 class FakeClock:
@@ -62,7 +67,7 @@ def _plan(**kw):
 def test_time_call_counts_repeats_and_excludes_warmup():
     calls = []
     clock = FakeClock([0.5, 0.1, 0.3, 0.2, 0.4])
-    t = bench.time_call(lambda: calls.append(1), n_images=10, repeats=5, warmup=3, clock=clock)
+    t = timing.time_call(lambda: calls.append(1), n_images=10, repeats=5, warmup=3, clock=clock)
     assert len(calls) == 8  # 3 warm-up + 5 timed
     assert clock.calls == 10  # the clock brackets the timed runs only
     assert t.repeats == 5 and t.warmup == 3
@@ -79,7 +84,7 @@ def test_time_call_counts_repeats_and_excludes_warmup():
 def test_time_call_synchronizes_around_timers_on_cuda(monkeypatch):
     events = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", str(device))))
-    bench.time_call(lambda: events.append(("run",)), 1, device="cuda", repeats=3, warmup=2)
+    timing.time_call(lambda: events.append(("run",)), 1, device="cuda", repeats=3, warmup=2)
     timed = events[2:]  # warm-up runs first, unsynchronised
     assert events[:2] == [("run",), ("run",)]
     assert timed == [("sync", "cuda"), ("run",), ("sync", "cuda")] * 3
@@ -87,7 +92,7 @@ def test_time_call_synchronizes_around_timers_on_cuda(monkeypatch):
 
 def test_time_call_never_synchronizes_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: pytest.fail("synchronize on cpu"))
-    bench.time_call(lambda: None, 1, device="cpu", repeats=2, warmup=1)
+    timing.time_call(lambda: None, 1, device="cpu", repeats=2, warmup=1)
 
 
 @pytest.mark.parametrize("kw,msg", [(dict(repeats=0), "repeats"), (dict(warmup=-1), "warmup"),
@@ -95,14 +100,14 @@ def test_time_call_never_synchronizes_on_cpu(monkeypatch):
 def test_time_call_rejects_bad_arguments(kw, msg):
     args = dict(n_images=1, repeats=1, warmup=0) | kw
     with pytest.raises(ValueError, match=msg):
-        bench.time_call(lambda: None, **args)
+        timing.time_call(lambda: None, **args)
 
 
 # ----------------------------------------------------------------------------- model calls
 def test_record_model_calls_logs_sizes_and_restores_the_backbone(vit):
     head = make_head("linear", vit.embed_dim, 3)
     x = torch.randn(2, 3, 32, 32)
-    with bench.record_model_calls(vit) as log:
+    with timing.record_model_calls(vit) as log:
         Sampler(vit, n=5).explain(x, head)
         vit(x[:1])  # nn.Module.__call__ goes through forward
     assert log.sizes == [2, 10, 1] and log.n_images == 13 and log.n_calls == 3
@@ -113,10 +118,10 @@ def test_record_model_calls_logs_sizes_and_restores_the_backbone(vit):
 
 def test_stand_in_is_cheap_differentiable_and_nesting_is_refused(vit):
     x = torch.randn(3, 3, 32, 32, requires_grad=True)
-    with bench.record_model_calls(vit, stand_in=True) as log:
+    with timing.record_model_calls(vit, stand_in=True) as log:
         e = vit.embed(x)
         with pytest.raises(RuntimeError, match="already"):
-            with bench.record_model_calls(vit):
+            with timing.record_model_calls(vit):
                 pass
     assert e.shape == (3, vit.embed_dim) and log.grad == [True]
     e.sum().backward()
@@ -126,29 +131,29 @@ def test_stand_in_is_cheap_differentiable_and_nesting_is_refused(vit):
 
 def test_time_model_calls_replays_the_recorded_calls(vit):
     head = make_head("linear", vit.embed_dim, 3)
-    log = bench.CallLog([4, 4, 1], [False, False, True])
-    with bench.record_model_calls(vit) as replayed:
-        t = bench.time_model_calls(vit, head, log, n_images=2, device="cpu", repeats=2, warmup=1)
+    log = timing.CallLog([4, 4, 1], [False, False, True])
+    with timing.record_model_calls(vit) as replayed:
+        t = timing.time_model_calls(vit, head, log, n_images=2, device="cpu", repeats=2, warmup=1)
     assert replayed.sizes == [4, 4, 1] * 3  # 1 warm-up + 2 repeats
     assert replayed.grad == [False, False, True] * 3
     assert t.repeats == 2 and t.n_images == 2
     with pytest.raises(ValueError, match="no model calls"):
-        bench.time_model_calls(vit, head, bench.CallLog(), 1, "cpu")
+        timing.time_model_calls(vit, head, timing.CallLog(), 1, "cpu")
 
 
 def test_nearest_and_call_cost():
     curve = {1: 10.0, 8: 4.0, 64: 2.0}
-    assert bench.nearest(curve, 1) == 10.0 and bench.nearest(curve, 6) == 4.0 and bench.nearest(curve, 500) == 2.0
-    log = bench.CallLog([64, 8], [False, True])
+    assert timing.nearest(curve, 1) == 10.0 and timing.nearest(curve, 6) == 4.0 and timing.nearest(curve, 500) == 2.0
+    log = timing.CallLog([64, 8], [False, True])
     assert log.cost_ms(curve, grad_factor=3.0) == pytest.approx(64 * 2.0 + 8 * 4.0 * 3)
     with pytest.raises(ValueError, match="inference"):
-        bench.nearest({}, 3)
+        timing.nearest({}, 3)
 
 
 def test_dry_run_counts_calls_without_the_model(vit):
     head = make_head("linear", vit.embed_dim, 3)
     x = torch.randn(1, 3, 32, 32)
-    d = bench.dry_run(lambda: Sampler(vit, n=7).explain(x, head), vit, 1, "cpu")
+    d = timing.dry_run(lambda: Sampler(vit, n=7).explain(x, head), vit, 1, "cpu")
     assert d.log.sizes == [1, 7] and d.seconds > 0
     own, model = d.estimate_ms({1: 1.0, 8: 0.5})
     assert model == pytest.approx(1 * 1.0 + 7 * 0.5)
@@ -165,16 +170,16 @@ def _specs(vit, smoke):
 def test_run_backbone_rows_follow_the_contract(vit, smoke):
     heads = bench.random_heads(vit.embed_dim, (2, 10, 10), "cpu")
     images = bench.random_images(vit, 2)
-    res = bench.run_backbone(vit, heads, images, _specs(vit, smoke), _plan(), "cpu", progress=None)
+    res = running.run_backbone(vit, heads, images, _specs(vit, smoke), _plan(), "cpu", progress=None)
     df = res.throughput
-    assert list(df.columns[:len(bench.THROUGHPUT_COLUMNS)]) == bench.THROUGHPUT_COLUMNS
-    assert set(bench.EXTRA_COLUMNS) <= set(df.columns)
-    assert not df[bench.THROUGHPUT_KEYS].duplicated().any()
+    assert list(df.columns[:len(schema.THROUGHPUT_COLUMNS)]) == schema.THROUGHPUT_COLUMNS
+    assert set(schema.EXTRA_COLUMNS) <= set(df.columns)
+    assert not df[schema.THROUGHPUT_KEYS].duplicated().any()
     inf = df[df.method == "inference"]
     assert sorted(inf.batch_size) == [1, 2] and (inf.ratio_to_inference == 1).all()
     one = df[df.n_tasks == 1]
     assert set(one.method) == {"inference", "kernelshap", "tve"}
-    assert set(df[df.method == "tve"].tve_arch) == {"shared", "two"} and set(inf.tve_arch) == {bench.NO_ARCH}
+    assert set(df[df.method == "tve"].tve_arch) == {"shared", "two"} and set(inf.tve_arch) == {schema.NO_ARCH}
     assert (one.repeats[~one.estimated] == 2).all() and not one.estimated.any()
     ks = one[one.method == "kernelshap"]
     assert (ks.budget == 6).all() and (ks.model_images_per_image == 7).all()  # prediction + 6 samples
@@ -185,7 +190,7 @@ def test_run_backbone_rows_follow_the_contract(vit, smoke):
     assert set(zip(ts.method, ts.tve_arch)) == {("kernelshap", "-"), ("tve", "shared"), ("tve", "two")}
     assert list(res.skipped.method) == ["broken"] and "not for this backbone" in res.skipped.reason[0]
     ov = res.overhead
-    assert list(ov.columns[:len(bench.OVERHEAD_COLUMNS)]) == bench.OVERHEAD_COLUMNS
+    assert list(ov.columns[:len(schema.OVERHEAD_COLUMNS)]) == schema.OVERHEAD_COLUMNS
     assert len(ov) == 2 and not ov.estimated.any() and (ov.model_images_per_image == 7).all()
     assert (ov.model_calls_ms_per_image > 0).all()
 
@@ -202,8 +207,8 @@ def test_costs_over_the_cap_are_estimated_not_run(vit, smoke, monkeypatch):
 
     specs = [bench.MethodSpec("kernelshap", lambda h: Slow(vit, 2000), budget=2000, dry_run=True, overhead=True),
              bench.MethodSpec("cheap", lambda h: Sampler(vit, 1))]
-    res = bench.run_backbone(vit, heads, images, specs, _plan(batch_sizes=(1, 4), max_measure_s=0.05,
-                                                              task_batch_size=4), "cpu", progress=None)
+    res = running.run_backbone(vit, heads, images, specs, _plan(batch_sizes=(1, 4), max_measure_s=0.05,
+                                                                task_batch_size=4), "cpu", progress=None)
     df = res.throughput
     ks = df[df.method == "kernelshap"]
     assert ks.estimated.all() and (ks.repeats == 0).all()
@@ -229,8 +234,9 @@ def test_a_slow_first_run_gets_a_second_probe_before_estimating(vit):
             return torch.zeros(len(images), self.grid, self.grid)
 
     heads = bench.random_heads(vit.embed_dim, (2,), "cpu")
-    res = bench.run_backbone(vit, heads, bench.random_images(vit, 1), [bench.MethodSpec("m", lambda h: SlowStart(vit))],
-                             _plan(batch_sizes=(1,), task_batch_size=1, max_measure_s=2.5), "cpu", progress=None)
+    specs = [bench.MethodSpec("m", lambda h: SlowStart(vit))]
+    res = running.run_backbone(vit, heads, bench.random_images(vit, 1), specs,
+                               _plan(batch_sizes=(1,), task_batch_size=1, max_measure_s=2.5), "cpu", progress=None)
     row = res.throughput[res.throughput.method == "m"].iloc[0]
     assert not row.estimated and row.warmup == 2 and row.repeats == 2
     assert SlowStart.calls == 4  # two probes (warm-up) + two timed repeats
@@ -247,8 +253,8 @@ def test_after_the_time_budget_rows_are_estimated_from_one_run(vit):
 
     specs = [bench.MethodSpec("cheap", lambda h: Counted(vit, 1)),
              bench.MethodSpec("tve_like", lambda h: Counted(vit, 1))]
-    res = bench.run_backbone(vit, heads, bench.random_images(vit, 2), specs, _plan(task_methods=("cheap",)),
-                             "cpu", progress=None, time_budget_s=1e-9)
+    res = running.run_backbone(vit, heads, bench.random_images(vit, 2), specs, _plan(task_methods=("cheap",)),
+                               "cpu", progress=None, time_budget_s=1e-9)
     df = res.throughput
     inf = df[df.method == "inference"]
     assert not inf.estimated.any()  # the reference is always measured
@@ -276,8 +282,8 @@ def test_plans_reduce_paper_size_on_cpu(smoke):
 
 def test_run_backbone_rejects_too_few_images(vit):
     with pytest.raises(ValueError, match="at least 2 images"):
-        bench.run_backbone(vit, [make_head("linear", vit.embed_dim, 2)], bench.random_images(vit, 1), [], _plan(),
-                           "cpu", progress=None)
+        running.run_backbone(vit, [make_head("linear", vit.embed_dim, 2)], bench.random_images(vit, 1), [], _plan(),
+                             "cpu", progress=None)
 
 
 def test_method_specs_cover_the_registry_targets_first(smoke):
@@ -297,6 +303,34 @@ def test_method_specs_cover_the_registry_targets_first(smoke):
         by["rollout"].make(head)
     with pytest.raises(KeyError, match="unknown explainer"):
         bench.method_specs(swin, smoke, (16,), ("shared",), methods=["nope"])
+
+
+def test_method_specs_read_the_class_capabilities_and_size_constructors(vit, smoke):
+    import inspect
+
+    from tve_lib.explainers import explainer_class
+    from tve_lib.masking import default_radius
+
+    specs = bench.method_specs(vit, smoke, (16,), ("shared",), seed=7)
+    assert [s.label for s in specs] == ["tve (shared)", "kernelshap-16", "random", "ig", "gradcam", "rollout",
+                                        "occlusion", "lime-16", "fastshap"]
+    flags = {s.label: (s.dry_run, s.overhead, s.per_task) for s in specs}
+    assert flags == {"tve (shared)": (False, False, False), "kernelshap-16": (True, True, False),
+                     "random": (False, False, False), "ig": (True, False, False), "gradcam": (False, False, False),
+                     "rollout": (False, False, False), "occlusion": (True, True, False),
+                     "lime-16": (True, True, False), "fastshap": (False, False, True)}
+    by = {s.label: s for s in specs}
+    head = make_head("linear", vit.embed_dim, 3)
+    ev = smoke.eval
+    ig = by["ig"].make(head)
+    assert (ig.n_steps, ig.internal_batch_size) == (ev.ig_steps, ev.batch_size)
+    occ = by["occlusion"].make(head)
+    assert occ.radius == (smoke.tve.radius or default_radius(vit.grid))
+    assert occ.batch_size == inspect.signature(explainer_class("occlusion")).parameters["batch_size"].default
+    assert by["random"].make(head).seed == 7
+    for label in ("kernelshap-16", "lime-16"):
+        e = by[label].make(head)
+        assert (e.budget, e.seed, e.batch_size) == (16, 7, ev.batch_size)
 
 
 def test_tve_specs_build_one_explainer_for_every_head(vit):
@@ -320,7 +354,7 @@ def _table():
         if bs == 8:
             rows += [base | dict(method="tve", tve_arch="shared", n_tasks=3, images_per_s=550.0),
                      base | dict(method="ig", n_tasks=3, images_per_s=7.0)]
-    return bench.add_ratios(bench.throughput_frame(pd.DataFrame(rows)))
+    return bench.add_ratios(schema.throughput_frame(pd.DataFrame(rows), 2))
 
 
 def test_throughput_frame_normalises_and_rejects_missing_columns():
@@ -329,7 +363,7 @@ def test_throughput_frame_normalises_and_rejects_missing_columns():
     assert df.tve_arch[df.method == "ig"].eq("-").all()
     assert df.ratio_to_inference[df.method == "tve"].isin([0.6, 0.3, 0.55]).all()
     with pytest.raises(ValueError, match="lack columns"):
-        bench.throughput_frame(pd.DataFrame([dict(device="cpu", method="x")]))
+        schema.throughput_frame(pd.DataFrame([dict(device="cpu", method="x")]), 2)
 
 
 def test_append_throughput_replaces_rows_with_the_same_keys(tmp_path):
@@ -344,14 +378,14 @@ def test_append_throughput_replaces_rows_with_the_same_keys(tmp_path):
     assert len(merged) == len(df) + 1
     row = merged[merged.method == "ltx"].iloc[0]
     assert row.ratio_to_inference == pytest.approx(100 / 2000)  # against the file's (doubled) inference
-    assert list(pd.read_csv(path).columns[:len(bench.THROUGHPUT_COLUMNS)]) == bench.THROUGHPUT_COLUMNS
+    assert list(pd.read_csv(path).columns[:len(schema.THROUGHPUT_COLUMNS)]) == schema.THROUGHPUT_COLUMNS
 
 
 def test_target_checks():
     df = _table()
     over = pd.DataFrame([dict(device="cpu", backbone="vit", size="profile", method="kernelshap", budget=1000.0,
                               batch_size=1, overhead=0.1, estimated=False)])
-    t = bench.target_checks(df, over)
+    t = claims.target_checks(df, over)
     ks = t[t.target == "tve_over_kernelshap1000"]
     assert len(ks) == 8  # 2 backbones x 2 batch sizes x 2 variants
     assert ks[ks.tve_arch == "shared"].met.all() and not ks[ks.tve_arch == "two"].met.any()  # 300 / 2 < 200
@@ -365,6 +399,6 @@ def test_target_checks():
 
 def test_figures_build_from_the_table():
     df = _table()
-    for fig in (bench.throughput_bars(df), bench.batch_scaling(df), bench.task_scaling(df)):
+    for fig in (report.throughput_bars(df), report.batch_scaling(df), report.task_scaling(df)):
         assert isinstance(fig, plt.Figure)
         plt.close(fig)

@@ -159,7 +159,36 @@ def test_registry_errors():
         make_explainer("shap", bb)
     with pytest.raises(TypeError, match="needs budget"):
         make_explainer("kernelshap", bb)
-    with pytest.raises(ValueError, match="needs the suite"):
-        make_explainer("tve", bb)
+    with pytest.raises(TypeError, match="pass its trained model, radius"):
+        make_explainer("tve", bb)  # the factory never trains: a study hands it the trained network
     with pytest.raises(ValueError, match="expected normalised images"):
         make_explainer("random", bb).explain(torch.randn(2, 1, 32, 32), linear_head())
+
+
+def test_registry_capabilities_and_decorator():
+    """Capabilities are class attributes; a new explainer joins the registry by its decorator alone."""
+    from tve_lib.explainers import Explainer, explainer_class, register_explainer, registered
+
+    assert EXPLAINERS == ("random", "ig", "gradcam", "rollout", "occlusion", "kernelshap", "lime", "fastshap", "tve")
+    assert [n for n in EXPLAINERS if explainer_class(n).sampling] == ["kernelshap", "lime"]
+    assert {n: explainer_class(n).training for n in EXPLAINERS if explainer_class(n).training} == {
+        "fastshap": "task", "tve": "pretrain"}
+    assert not explainer_class("rollout").supports(tiny_backbone("swin"))
+
+    @register_explainer
+    class Constant(Explainer):
+        name = "constant_test"
+        compared = False
+
+        def explain(self, images, head, target=None):
+            return torch.ones(len(images), self.grid, self.grid)
+
+    try:
+        bb = toy_backbone()
+        assert "constant_test" in registered() and "constant_test" not in registered(compared=True)
+        maps = explain_heads(make_explainer("constant_test", bb), images(3), [linear_head(), linear_head()])
+        assert [tuple(m.shape) for m in maps] == [(3, bb.grid, bb.grid)] * 2
+    finally:
+        from tve_lib.explainers import registry
+
+        registry._REGISTRY.pop("constant_test")

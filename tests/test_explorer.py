@@ -13,10 +13,11 @@ from conftest import tiny_backbone  # noqa: E402
 
 from tve_lib.config import get_profile  # noqa: E402
 from tve_lib.data import Task, TensorImageSet  # noqa: E402
-from tve_lib.explorer import Explorer, ExplorerWidgets, Selection  # noqa: E402
+from tve_lib.explainers.tve import TVE, build_explainer  # noqa: E402
 from tve_lib.heads import make_head  # noqa: E402
 from tve_lib.masking import default_radius  # noqa: E402
-from tve_lib.tve import TVE, build_explainer  # noqa: E402
+from tve_lib.studies.explorer import Explorer, ExplorerWidgets, Selection  # noqa: E402
+from tve_lib.studies.suite import Suite  # noqa: E402
 
 
 class FakeSuite:
@@ -68,6 +69,8 @@ class FakeSuite:
             bb = self._bbs[b]
             self._tve[b] = TVE(bb, build_explainer(bb, self.profile.tve), self.tve_radius(b))
         return self._tve[b]
+
+    make_explainer = Suite.make_explainer  # the real study-level factory, over this suite's models
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from tve_lib import figures as F  # noqa: E402
 from tve_lib.io import write_csv  # noqa: E402
+from tve_lib.report import book as B  # noqa: E402
+from tve_lib.report import claims as C  # noqa: E402
+from tve_lib.report import figures as F  # noqa: E402
+from tve_lib.report import tables as T  # noqa: E402
 
 BBS, TASKS, HEADS = ("vit", "swin"), ("fashion_binary", "digits"), ("linear", "mlp")
 # Fid+ AUC per method (TVE is 0.95x the best, KernelSHAP-1000)
@@ -155,28 +158,28 @@ def results(tmp_path):
 
 
 def test_every_figure_renders_png_pdf_and_the_report_embeds_them(results):
-    book = F.FigureBook(results)
+    book = B.FigureBook(results)
     done = book.render_all()
     assert done == [f.name for f in F.FIGURES], book.skipped
     for name in done:
         assert (results / "figures" / f"{name}.png").stat().st_size > 0
         assert (results / "figures" / f"{name}.pdf").stat().st_size > 0
-    claims = F.claims_table(book.tables)
+    claims = C.claims_table(book.tables)
     report = book.write_report(claims).read_text()
     for name in done:
         assert f"](figures/{name}.png)" in report
     assert "## Seed claims" in report and "03_gallery_vit_digits" in report
-    assert pd.read_csv(results / "claims.csv").verdict.isin(F.VERDICTS).all()
+    assert pd.read_csv(results / "claims.csv").verdict.isin(C.VERDICTS).all()
     assert not plt.get_fignums(), "figures must be closed after saving"
 
 
 def test_missing_csvs_skip_figures_and_claims_are_not_measured(tmp_path, capsys):
     root = tmp_path / "empty"
-    book = F.FigureBook(root)
+    book = B.FigureBook(root)
     assert book.render_all() == []
     assert "not found" in capsys.readouterr().out
     assert set(book.skipped) == {f.name for f in F.FIGURES}
-    claims = F.claims_table(book.tables)
+    claims = C.claims_table(book.tables)
     assert len(claims) == 8 and (claims.verdict == "not measured").all()
     assert "fidelity/per_image.csv missing" in claims.set_index("id").loc["tve_fidelity", "evidence"]
     report = book.write_report(claims).read_text()
@@ -185,14 +188,14 @@ def test_missing_csvs_skip_figures_and_claims_are_not_measured(tmp_path, capsys)
 
 def test_partial_results_render_what_exists(results):
     (results / "throughput" / "throughput.csv").unlink()
-    book = F.FigureBook(results)
+    book = B.FigureBook(results)
     done = book.render_all()
     assert "fig5_throughput" not in done and "fig1_tve_overview" in done
     assert "throughput/throughput.csv missing" in book.skipped["fig5_throughput"]
 
 
 def test_overview_heatmap_shows_tve_value_and_ratio(results):
-    fig = F.fig_overview(F.load_tables(results), results)
+    fig = F.fig_overview(T.load_tables(results), results)
     texts = {t.get_text() for ax in fig.axes for t in ax.texts}
     assert "0.475" in texts and "0.95\nvs kernelshap-1000" in texts  # TVE 0.475 vs the strongest, 0.5
     plt.close(fig)
@@ -200,11 +203,11 @@ def test_overview_heatmap_shows_tve_value_and_ratio(results):
 
 def test_main_summary_drops_peer_rows():
     s = pd.DataFrame(summary_rows() + ltx_rows())
-    m = F.main_summary(s)
+    m = T.main_summary(s)
     assert not m.method.isin(["pltx", "ltx"]).any()
     tve = m[(m.method == "tve") & (m.metric == "fid_plus_auc")]
     assert np.allclose(tve.value, 0.475)  # notebook 05's re-scored TVE rows are not mixed in
-    assert set(F.ltx_rows(s).selection) == {"none", "loss", "test_metric"}
+    assert set(T.ltx_rows(s).selection) == {"none", "loss", "test_metric"}
 
 
 @pytest.mark.parametrize("scale, verdict", [({}, "reproduces"),
@@ -212,58 +215,58 @@ def test_main_summary_drops_peer_rows():
                                             ({k: 0.5 for k in [(b, t, h) for b in BBS for t in TASKS
                                                                for h in HEADS]}, "does not reproduce")])
 def test_fidelity_claim_rule(scale, verdict):
-    v, ev = F.claim_tve_fidelity({"per_image": pd.DataFrame(per_image_rows(scale))})
+    v, ev = C.claim_tve_fidelity({"per_image": pd.DataFrame(per_image_rows(scale))})
     assert v == verdict
     n_ok = 8 - len(scale)
     assert f"in {n_ok}/8 backbone" in ev
 
 
 def test_no_training_claim_compares_with_the_task_trained_explainer():
-    v, ev = F.claim_tve_no_training({"summary": pd.DataFrame(summary_rows())})
+    v, ev = C.claim_tve_no_training({"summary": pd.DataFrame(summary_rows())})
     assert v == "reproduces" and "8/8" in ev  # 0.475 >= 0.9 * 0.48
-    v, _ = F.claim_tve_no_training({"summary": pd.DataFrame(summary_rows({(b, t, "linear"): 0.5 for b in BBS
+    v, _ = C.claim_tve_no_training({"summary": pd.DataFrame(summary_rows({(b, t, "linear"): 0.5 for b in BBS
                                                                             for t in TASKS}))})
     assert v == "partly"  # linear heads fail, MLP heads pass: 4/8
 
 
 def test_latency_claim_rule():
-    v, ev = F.claim_tve_latency({"throughput": throughput_rows(400.0)})
+    v, ev = C.claim_tve_latency({"throughput": throughput_rows(400.0)})
     assert v == "reproduces"  # 0.4x inference, 400x KernelSHAP-1000
     assert "(budget 1000) in 4/4 rows (median 400×" in ev and "3 tasks cost TVE 1.10×" in ev
-    v, _ = F.claim_tve_latency({"throughput": throughput_rows(200.0)})
+    v, _ = C.claim_tve_latency({"throughput": throughput_rows(200.0)})
     assert v == "partly"  # 0.2x inference fails, the speed-up holds
-    v, _ = F.claim_tve_latency({"throughput": throughput_rows(5.0)})
+    v, _ = C.claim_tve_latency({"throughput": throughput_rows(5.0)})
     assert v == "does not reproduce"
 
 
 def test_transfer_claim_names_the_unseen_domain():
-    v, ev = F.claim_tve_transfer({"transfer": transfer_rows(0.95)})
+    v, ev = C.claim_tve_transfer({"transfer": transfer_rows(0.95)})
     assert v == "reproduces"
-    v, ev = F.claim_tve_transfer({"transfer": transfer_rows(0.5)})
+    v, ev = C.claim_tve_transfer({"transfer": transfer_rows(0.5)})
     assert v == "partly" and "unseen domain (digits)" in ev and "0/4 pass" in ev
 
 
 @pytest.mark.parametrize("gain, verdict", [(0.05, "reproduces"), (-0.05, "does not reproduce")])
 def test_ltx_claim_uses_the_loss_selection(gain, verdict):
     s = pd.DataFrame(summary_rows() + ltx_rows(gain))
-    v, ev = F.claim_ltx({"summary": s})
+    v, ev = C.claim_ltx({"summary": s})
     assert v == verdict and "test-metric selection" in ev
 
 
 def test_xvec_claims_from_the_comparison_csv():
     comp, sweep = xvec_frames(lam=1.0, acc_drop=0.0)
-    c = F.claims_table({"xvec_comparison": comp, "sweep": sweep}).set_index("id")
+    c = C.claims_table({"xvec_comparison": comp, "sweep": sweep}).set_index("id")
     assert c.loc["xvec_quality", "verdict"] == "reproduces"
     assert c.loc["xvec_accuracy", "verdict"] == "reproduces"
     assert c.loc["xvec_domain", "verdict"] == "reproduces"  # digits gains less than fashion_binary
     comp, sweep = xvec_frames(lam=1.0, acc_drop=0.1)
-    c = F.claims_table({"xvec_comparison": comp, "sweep": sweep}).set_index("id")
+    c = C.claims_table({"xvec_comparison": comp, "sweep": sweep}).set_index("id")
     assert c.loc["xvec_accuracy", "verdict"] == "does not reproduce"
     assert c.loc["tve_fidelity", "verdict"] == "not measured"
 
 
 def test_share_verdict_and_markdown_table():
-    assert [F.share_verdict(k, 4) for k in (4, 2, 1)] == ["reproduces", "partly", "does not reproduce"]
-    assert F.share_verdict(0, 0) == "not measured"
-    md = F.markdown_table(pd.DataFrame({"a": ["x|y"], "b": [1]}))
+    assert [C.share_verdict(k, 4) for k in (4, 2, 1)] == ["reproduces", "partly", "does not reproduce"]
+    assert C.share_verdict(0, 0) == "not measured"
+    md = B.markdown_table(pd.DataFrame({"a": ["x|y"], "b": [1]}))
     assert md.splitlines()[2] == "| x\\|y | 1 |"

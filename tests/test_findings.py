@@ -4,9 +4,9 @@ import json
 
 import pandas as pd
 
-from tve_lib.figures import HELDOUT_RATIO_OK, SPEARMAN_OK
-from tve_lib.findings import pretrain_finding, scaling_finding, transfer_finding
-from tve_lib.readme import BEGIN, END, update_readme
+from tve_lib.report.claims import HELDOUT_RATIO_OK, SPEARMAN_OK
+from tve_lib.report.findings import pretrain_finding, scaling_finding, transfer_finding
+from tve_lib.report.readme import BEGIN, END, update_readme
 
 
 def _summary(values):
@@ -52,3 +52,19 @@ def test_readme_block_is_regenerated(tmp_path):
     text = readme.read_text()
     assert "old table" not in text and "TVE: small error" in text and "3/18 pass" in text
     assert "12.5 s" in text and text.startswith("intro") and text.endswith("rest\n")
+
+
+def test_acceptance_finding_follows_the_tables():
+    """Notebook 03's finding counts passes, splits the gap and names who TVE inherits a loss from."""
+    from tve_lib.report.findings import acceptance_finding
+
+    # one setting: TVE 0.30, occlusion 0.31, random 0.32 (TVE loses to random; occlusion is within 0.02 of it)
+    vals = {"tve": 0.30, "occlusion": 0.31, "random": 0.32, "kernelshap": 0.50}
+    pi = pd.DataFrame([dict(backbone="vit", task="a", head="linear", method=m, budget=0, metric="fid_plus_auc",
+                            image=i, value=v, seed=0) for m, v in vals.items() for i in range(3)])
+    verdict = pd.DataFrame([dict(backbone="vit", task="a", head="linear", ratio=0.75, n_images=3, beats=False,
+                                 ok=False)])
+    ceiling = pd.DataFrame([dict(tve_over_target=0.30 / 0.31, target_over_best=0.31 / 0.50)])
+    f = acceptance_finding(verdict, ceiling, pi, {"vit": (1, 8)})
+    assert "in 0 of 1" in f and "median **0.97**" in f and "median **0.62**" in f and "below its target" in f
+    assert "loses to a weak baseline in 1 settings; in 1 of them" in f and "9 of 64 players" in f

@@ -15,7 +15,7 @@ from tve_lib.config import BackboneSpec, get_profile
 from tve_lib.heads import check_head, fold_standardization, head_accuracy, make_head, train_head
 from tve_lib.io import CorruptCheckpoint, load_torch, save_torch, upsert_csv
 from tve_lib.masking import apply_mask, pool_map, top_k_mask, windows
-from tve_lib.suite import Suite
+from tve_lib.studies.suite import Suite
 
 
 # ----------------------------------------------------------------------------- profiles

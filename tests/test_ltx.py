@@ -7,10 +7,14 @@ import pytest
 import torch
 from conftest import tiny_backbone
 
-from tve_lib import ltx
+from tve_lib import backbones
 from tve_lib.config import LTXConfig, get_profile
 from tve_lib.data import TensorImageSet
+from tve_lib.explainers import ltx, make_explainer, registered
 from tve_lib.heads import make_head
+from tve_lib.report import claims
+from tve_lib.report import ltx as ltx_report
+from tve_lib.studies import ltx as ltx_study
 
 SMALL = LTXConfig(n_train=64, epochs=3, batch_size=32, ft_steps=3, ft_batch=4, n_explain=4)
 
@@ -46,7 +50,7 @@ def test_mask_shape_range_and_frozen_embeddings(name, token_grid):
     torch.manual_seed(0)
     net = ltx.LTXNet(bb)
     x = _images(3)
-    tok = ltx.patch_tokens(net.encoder, x, bb.num_prefix_tokens)
+    tok = backbones.token_grid(net.encoder, net.encoder.forward_features(x), bb.num_prefix_tokens)
     assert tok.shape == (3, token_grid, token_grid, net.encoder.num_features)
     m = net(x)
     assert m.shape == (3, bb.grid, bb.grid)  # Swin's 4x4 final stage is interpolated to the 8x8 grid
@@ -65,7 +69,7 @@ def test_mask_shape_range_and_frozen_embeddings(name, token_grid):
 def test_prefix_tokens_must_leave_a_square_grid():
     bb = tiny_backbone("deit")
     with pytest.raises(ValueError, match="do not form a square grid"):
-        ltx.patch_tokens(bb.model, _images(1), 0)  # DeiT has 2 prefix tokens, not 0
+        backbones.token_grid(bb.model, bb.model.forward_features(_images(1)), 0)  # DeiT has 2 prefix tokens, not 0
 
 
 def test_soft_mask_uses_the_shared_removal_operator(vit):
@@ -101,8 +105,8 @@ def test_pretraining_and_finetuning_decrease_the_loss(vit):
                           torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(0)), ["a", "b", "c"])
     torch.manual_seed(0)
     net = ltx.LTXNet(vit)
-    hist = ltx.pretrain(net, vit, head, data, dataclasses.replace(SMALL, n_train=32, batch_size=16), seed=0,
-                        progress=False)
+    hist = ltx.pretrain_ltx(net, vit, head, data, dataclasses.replace(SMALL, n_train=32, batch_size=16), seed=0,
+                            progress=False)
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     assert hist[-1]["loss"] < hist[0]["loss"]
     x = vit.normalize(data.get(torch.arange(3))[0])
@@ -166,16 +170,16 @@ def test_selection_is_recorded_and_test_metric_is_never_ranked(vit):
     assert res.pos_auc.shape == (4, SMALL.ft_steps)
     assert ((res.pos_auc >= 0) & (res.pos_auc <= 100)).all()
     meta = dict(backbone="vit", task="t", head="linear")
-    _, summ = ltx.score_ltx(vit, head, x, res, SMALL, ev, ltx.SELECTIONS, meta=meta)
+    _, summ = ltx_study.score_ltx(vit, head, x, res, SMALL, ev, ltx.SELECTIONS, meta=meta)
     assert set(zip(summ.method, summ.selection)) == {("pltx", "none"), ("ltx", "loss"), ("ltx", "test_metric")}
     assert {"pos_auc", "fid_plus_auc"} <= set(summ.metric)
-    ranks = ltx.rank_methods(summ)
+    ranks = ltx_report.rank_methods(summ)
     assert set(ranks.label) == {"pltx", "ltx (loss)"}
-    claim = ltx.finetune_claim(summ)
+    claim = claims.finetune_claim(summ)
     assert set(claim.selection) == {"loss", "test_metric"}
-    assert "selection=loss" in ltx.claim_verdict(claim)
+    assert "selection=loss" in claims.claim_verdict(claim)
     with pytest.raises(ValueError, match="selection"):
-        ltx.rank_methods(summ.drop(columns="selection"))
+        ltx_report.rank_methods(summ.drop(columns="selection"))
 
 
 def test_explainer_api_and_bad_input(vit):
@@ -190,8 +194,10 @@ def test_explainer_api_and_bad_input(vit):
     e = ltx.LTX(vit, net, SMALL, head, selection="test_metric", eval_cfg=get_profile("smoke").eval)
     with pytest.raises(ValueError, match="ground-truth labels"):
         e.explain(x, head)
-    m = e.explain(x, head, labels=torch.tensor([0, 1]))
-    assert m.shape == (2, vit.grid, vit.grid) and e.last.pos_auc is not None
+    labelled = e.with_labels(torch.tensor([0, 1]))
+    m = labelled.explain(x, head)
+    assert m.shape == (2, vit.grid, vit.grid) and labelled.last.pos_auc is not None
+    assert e.labels is None and e.last is None  # a configured copy: the original is unchanged
     with pytest.raises(ValueError, match="unknown LTX mode"):
         ltx.check_config(dataclasses.replace(SMALL, mode="oracle"))
     with pytest.raises(ValueError, match="ft_steps must be >= 1"):
@@ -200,13 +206,34 @@ def test_explainer_api_and_bad_input(vit):
         ltx.training_targets(vit, head, x, None, "target")
 
 
+def test_registered_and_built_by_the_registry(vit):
+    head = _head(vit)
+    torch.manual_seed(0)
+    net = ltx.LTXNet(vit)
+    x = _images(2)
+    assert {"pltx", "ltx"} <= set(registered(compared=False)) and not {"pltx", "ltx"} & set(registered(True))
+    p = make_explainer("pltx", vit, net=net, head=head)
+    assert type(p) is ltx.PLTX and p.training == "task" and p.trained_args == ("net",)
+    assert not ltx.PLTX.class_conditional and ltx.LTX.class_conditional
+    torch.testing.assert_close(p.explain(x, head, target=1), p.explain(x, head))  # pLTX ignores target
+    with pytest.raises(TypeError, match="trained"):
+        make_explainer("pltx", vit)
+    ev = get_profile("smoke").eval
+    e = make_explainer("ltx", vit, net=net, cfg=SMALL, head=head, selection="test_metric", eval_cfg=ev,
+                       labels=torch.tensor([0, 1]))
+    assert type(e) is ltx.LTX and e.explain(x, head).shape == (2, vit.grid, vit.grid)
+    # labels given at construction or by `with_labels` give the same fine-tuning
+    same = make_explainer("ltx", vit, net=net, cfg=SMALL, head=head, selection="test_metric", eval_cfg=ev)
+    torch.testing.assert_close(same.with_labels(torch.tensor([0, 1])).explain(x, head), e.explain(x, head))
+
+
 def test_missing_inference_keeps_existing_rows(tmp_path):
     path = tmp_path / "throughput.csv"
     tp = pd.DataFrame([dict(device="cpu", backbone="vit", size="profile", batch_size=32, method=m)
                        for m in ("inference", "pltx")])
-    assert len(ltx.missing_inference(tp, path)) == 2  # no file yet: ours fills the gap
+    assert len(ltx_study.missing_inference(tp, path)) == 2  # no file yet: ours fills the gap
     tp.iloc[:1].to_csv(path, index=False)
-    assert list(ltx.missing_inference(tp, path).method) == ["pltx"]
+    assert list(ltx_study.missing_inference(tp, path).method) == ["pltx"]
 
 
 def test_throughput_table_merges_tasks():
@@ -214,16 +241,16 @@ def test_throughput_table_merges_tasks():
                 basis="measured", estimated=False)
     tp = pd.DataFrame([base | dict(method="pltx", task=t, ms_per_image=ms, repeats=3)
                        for t, ms in (("a", 1.0), ("b", 3.0), ("c", 2.0))])
-    out = ltx.throughput_table(tp)
+    out = ltx_study.throughput_table(tp)
     assert len(out) == 1 and out.ms_per_image.item() == 2.0 and out.repeats.item() == 9
     assert out.images_per_s.item() == 500.0
 
 
 def test_pltx_cache_key_ignores_finetuning_settings(tmp_path):
-    from tve_lib.suite import Suite
+    from tve_lib.studies.suite import Suite
 
     s = Suite("smoke", 0, "cpu", results_dir=str(tmp_path))
-    a = ltx.pltx_checkpoint(s, "vit", "digits")
-    assert a == ltx.pltx_checkpoint(s, "vit", "digits", cfg=dataclasses.replace(s.profile.ltx, ft_steps=7))
-    assert a != ltx.pltx_checkpoint(s, "vit", "digits", cfg=dataclasses.replace(s.profile.ltx, lambda_mask=2.0))
-    assert a != ltx.pltx_checkpoint(s, "deit", "digits") and a.parent == s.ckpt_dir
+    a = ltx_study.pltx_checkpoint(s, "vit", "digits")
+    assert a == ltx_study.pltx_checkpoint(s, "vit", "digits", cfg=dataclasses.replace(s.profile.ltx, ft_steps=7))
+    assert a != ltx_study.pltx_checkpoint(s, "vit", "digits", cfg=dataclasses.replace(s.profile.ltx, lambda_mask=2.0))
+    assert a != ltx_study.pltx_checkpoint(s, "deit", "digits") and a.parent == s.ckpt_dir

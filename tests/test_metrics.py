@@ -8,7 +8,7 @@ from toy_models import contributions, linear_head, toy_backbone
 
 from tve_lib import metrics as M
 from tve_lib.config import get_profile
-from tve_lib.fidelity import CURVE_COLUMNS, SUMMARY_COLUMNS, evaluate_maps
+from tve_lib.schema import CURVE_COLUMNS, SUMMARY_COLUMNS
 from tve_lib.shapley import (
     all_coalitions,
     exact_shapley,
@@ -20,6 +20,7 @@ from tve_lib.shapley import (
     player_groups,
     shapley_references,
 )
+from tve_lib.studies.fidelity import evaluate_maps
 
 torch.set_default_dtype(torch.float32)
 
@@ -271,12 +272,12 @@ def _per_image_frame(values: dict[tuple[str, int], list[float]]):
 
 
 def test_verdict_and_amortisation_ceiling_are_paired_ratios():
-    from tve_lib.fidelity import amortisation_ceiling, tve_verdict
+    from tve_lib.report.fidelity import amortisation_ceiling, tve_verdict
 
     # KernelSHAP-1000 ran on images 0-1 only: comparisons use the common images
     pi = _per_image_frame({("tve", 0): [0.4, 0.4, 0.1, 0.1], ("occlusion", 0): [0.5, 0.5, 0.1, 0.1],
                            ("random", 0): [0.1, 0.1, 0.1, 0.1], ("kernelshap", 1000): [0.8, 0.8]})
-    v = tve_verdict(pi).iloc[0]
+    v = tve_verdict(pi, "fid_plus_auc", ("random", "gradcam", "rollout"), 0.9).iloc[0]
     assert v.worst_method == "kernelshap-1000" and v.ratio == pytest.approx(0.5) and not v.ok
     c = amortisation_ceiling(pi).iloc[0]
     assert c.tve_over_target == pytest.approx(1.0 / 1.2)

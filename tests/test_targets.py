@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import tiny_backbone
 
-from tve_lib import tve as tve_mod
 from tve_lib.augment import augmented_upstream
 from tve_lib.config import TVEConfig
 from tve_lib.data import TensorImageSet
-from tve_lib.targets import backbone_digest, token_store, upstream_order, window_store
-from tve_lib.tve_train import tve_loss
+from tve_lib.explainers import tve as tve_mod
+from tve_lib.explainers.tve_targets import backbone_digest, token_store, upstream_order, window_store
+from tve_lib.explainers.tve_train import tve_loss
 
 TINY = TVEConfig(depth=1, embed_dim=16, mix_hidden=16, epochs=2, n_images=12, batch_size=4, n_heldout=4,
                  lr=3e-3, sampler="dense")

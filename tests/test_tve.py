@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 from conftest import tiny_backbone
 
-from tve_lib import tve as tve_mod
 from tve_lib.backbones import Backbone
 from tve_lib.config import TVEConfig
 from tve_lib.data import TensorImageSet
+from tve_lib.explainers import tve as tve_mod
 from tve_lib.heads import make_head
 from tve_lib.masking import windows
 

@@ -1,12 +1,18 @@
-"""The explainability vector (tve_lib.xvec): self-explaining models and task arithmetic."""
+"""The explainability vector: the method (tve_lib.explainers.xvec), its study (tve_lib.studies.xvec,
+xvec_eval) and its claim rules (tve_lib.report.claims)."""
 
 import pytest
 import torch
 from conftest import tiny_backbone
 
-from tve_lib import xvec
+from tve_lib import schema
 from tve_lib.config import XVecConfig
 from tve_lib.data import TensorImageSet
+from tve_lib.explainers import make_explainer, xvec
+from tve_lib.io import load_torch
+from tve_lib.report import claims
+from tve_lib.studies.xvec import cached_supervision
+from tve_lib.studies.xvec_eval import select_lambda
 
 CFG = XVecConfig(steps=3, batch_size=8, expl_hidden=16, train_blocks=1)
 
@@ -213,17 +219,17 @@ def test_kernelshap_supervision_is_efficient_for_every_class_and_cached(bb, tmp_
     assert torch.equal(phi, xvec.kernelshap_supervision(m, ds, idx, budget=160, seed=0, images_per_chunk=2))
     # cached with its settings: reused as is, recomputed when a setting or the model changes
     path = tmp_path / "sup.pt"
-    p1, s1 = xvec.cached_supervision(path, m, ds, idx, 160, 0)
+    p1, s1 = cached_supervision(path, m, ds, idx, 160, 0)
     assert torch.equal(p1, xvec.kernelshap_supervision(m, ds, idx, budget=160, seed=0))
     assert s1["budget"] == 160 and s1["grid"] == bb.grid
     torch.save({"settings": s1, "phi": torch.zeros_like(phi)}, path)  # a marker: was it reloaded?
-    assert torch.count_nonzero(xvec.cached_supervision(path, m, ds, idx, 160, 0)[0]) == 0
-    p3, s3 = xvec.cached_supervision(path, m, ds, idx, 192, 0)
+    assert torch.count_nonzero(cached_supervision(path, m, ds, idx, 160, 0)[0]) == 0
+    p3, s3 = cached_supervision(path, m, ds, idx, 192, 0)
     assert s3["budget"] == 192 and torch.count_nonzero(p3) > 0
     with pytest.raises(ValueError, match="budget"):
         xvec.kernelshap_supervision(m, ds, idx, budget=2 * bb.n_players, seed=0)
     other = xvec.build_model(bb, 4, CFG, 1)
-    assert xvec.cached_supervision(path, other, ds, idx, 192, 0)[1]["model"] != s3["model"]
+    assert cached_supervision(path, other, ds, idx, 192, 0)[1]["model"] != s3["model"]
 
 
 def _sweep_rows(values: dict[float, dict[str, float]], task: str = "src", split: str = "source_val"):
@@ -237,13 +243,13 @@ def test_select_lambda_respects_the_accuracy_budget_and_direction():
     rows = _sweep_rows({0.0: {"accuracy": 0.90, "fid_gap": 0.10, "fid_minus_auc": 0.30},
                         0.5: {"accuracy": 0.89, "fid_gap": 0.20, "fid_minus_auc": 0.20},
                         1.0: {"accuracy": 0.80, "fid_gap": 0.50, "fid_minus_auc": 0.10}})
-    assert xvec.select_lambda(rows, "fid_gap", 0.02) == 0.5  # 1.0 is better but costs 10 points
-    assert xvec.select_lambda(rows, "fid_gap", 0.2) == 1.0
-    assert xvec.select_lambda(rows, "fid_minus_auc", 0.02) == 0.5  # lower is better
+    assert select_lambda(rows, "fid_gap", 0.02) == 0.5  # 1.0 is better but costs 10 points
+    assert select_lambda(rows, "fid_gap", 0.2) == 1.0
+    assert select_lambda(rows, "fid_minus_auc", 0.02) == 0.5  # lower is better
     with pytest.raises(KeyError, match="unknown"):
-        xvec.select_lambda(rows, "nope")
+        select_lambda(rows, "nope")
     with pytest.raises(ValueError, match="contain 0"):
-        xvec.select_lambda(rows[rows["lambda"] > 0], "fid_gap")
+        select_lambda(rows[rows["lambda"] > 0], "fid_gap")
 
 
 def test_claims_from_tables():
@@ -253,7 +259,7 @@ def test_claims_from_tables():
     comp = []
     for task, xv, ks in (("near", 0.30, 0.25), ("far", 0.05, 0.40)):
         for method, v in (("xvec", xv), ("kernelshap", ks)):
-            comp.append(dict(backbone="vit", task=task, head=xvec.SELF_HEAD, method=method, metric="fid_plus_auc",
+            comp.append(dict(backbone="vit", task=task, head=schema.SELF_HEAD, method=method, metric="fid_plus_auc",
                              value=v, ci_low=v - 0.01, ci_high=v + 0.01, **{"lambda": 1.0}))
     sweep = pd.concat([
         _sweep_rows({0.0: {"accuracy": 0.9, "shapley_spearman": 0.1}, 1.0: {"accuracy": 0.95, "shapley_spearman": 0.6}},
@@ -261,7 +267,7 @@ def test_claims_from_tables():
         _sweep_rows({0.0: {"accuracy": 0.9, "shapley_spearman": 0.1}, 1.0: {"accuracy": 0.7, "shapley_spearman": 0.0}},
                     "far", "test"),
         _sweep_rows({0.0: {"accuracy": 0.1}, 1.0: {"accuracy": 0.0}}, "src", "source_val")])
-    c = xvec.claims(pd.DataFrame(comp), sweep, 1.0, cfg).set_index(["claim", "task"]).reproduced
+    c = claims.xvec_target_claims(pd.DataFrame(comp), sweep, 1.0, cfg).set_index(["claim", "task"]).reproduced
     assert c[("1 comparable to KernelSHAP-150", "near")] and not c[("1 comparable to KernelSHAP-150", "far")]
     assert c[("2 no real accuracy loss", "near")] and not c[("2 no real accuracy loss", "far")]
     assert ("2 no real accuracy loss", "src") not in c.index  # source-validation rows are not targets
@@ -272,8 +278,9 @@ def test_self_explainer_follows_the_explainer_protocol(bb):
     from tve_lib.explainers.xvec import SelfExplainer
 
     m = xvec.build_model(bb, 4, CFG, 0)
-    ex = SelfExplainer(m)
+    ex = make_explainer("xvec", m.backbone, model=m)
     x = bb.normalize(_data(3).get([0, 1, 2])[0])
+    assert isinstance(ex, SelfExplainer)
     assert ex.name == "xvec" and ex.backbone is m.backbone
     assert torch.allclose(ex.explain(x, m.cls_head), m.explain(x)[1])
     assert torch.allclose(ex.explain(x, m.cls_head, 2), m.explain(x, 2)[1])
@@ -281,3 +288,30 @@ def test_self_explainer_follows_the_explainer_protocol(bb):
     a = ex.explain(x, other, torch.tensor([0, 1, 1]))
     vec = m(x)[1]
     assert torch.allclose(a[1].flatten(), vec[1] @ other.weight[1], atol=1e-6)
+
+
+def test_self_explainer_registration_and_arguments(bb):
+    from tve_lib.explainers import EXPLAINERS, explainer_class, registered
+
+    cls = explainer_class("xvec")
+    assert cls.training == "task" and cls.trained_args == ("model",) and not cls.compared
+    assert "xvec" in registered(compared=False) and "xvec" not in EXPLAINERS
+    m = xvec.build_model(bb, 4, CFG, 0)
+    with pytest.raises(TypeError, match="model"):
+        make_explainer("xvec", m.backbone)  # trained: the model must be given
+    with pytest.raises(ValueError, match="backbone"):
+        make_explainer("xvec", bb, model=m)  # not the model's own fine-tuned copy
+    ex = make_explainer("xvec", m.backbone, model=m)
+    x = bb.normalize(_data(2).get([0, 1])[0])
+    with pytest.raises(TypeError):
+        ex.explain(x)  # the head is required, as for every explainer
+
+
+def test_unusable_supervision_file_is_recomputed(bb, tmp_path):
+    m = xvec.build_model(bb, 4, CFG, 0)
+    ds, idx = _data(4, 4), torch.tensor([0, 3])
+    path = tmp_path / "sup.pt"
+    path.write_bytes(b"truncated")
+    phi, s = cached_supervision(path, m, ds, idx, 160, 0)
+    assert torch.equal(phi, xvec.kernelshap_supervision(m, ds, idx, budget=160, seed=0))
+    assert load_torch(path)["settings"] == s

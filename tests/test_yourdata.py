@@ -6,7 +6,7 @@ import torch
 
 from tve_lib.config import get_profile
 from tve_lib.data import Task, TensorImageSet, load_task
-from tve_lib.yourdata import demo_imagefolder, demo_sizes, demo_source, write_imagefolder
+from tve_lib.studies.yourdata import demo_imagefolder, demo_sizes, demo_source, write_imagefolder
 
 
 class _Suite:

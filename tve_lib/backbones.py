@@ -9,7 +9,6 @@ paper it loads pretrained weights offline (a file in WEIGHTS_DIR or the Hugging 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -19,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cache import digest, load_or_train
 from .config import BackboneSpec, Profile
 from .data import ImageSet, iter_batches
-from .io import CorruptCheckpoint, checkpoint, load_torch, resume, save_torch
+from .io import checkpoint, resume, save_torch
 from .masking import apply_mask
 
 
@@ -104,6 +104,16 @@ class Backbone(nn.Module):
         tokens = torch.cat(maps, 1).flatten(2).transpose(1, 2)
         return tokens, self.model.forward_head(final, pre_logits=True)
 
+    def patch_tokens(self, feats: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        """``forward_features``' output ``feats`` of ``model`` (default: this backbone's; a
+        fine-tuned copy has the same layout) as the last layer's token grid ``[B, h, w, d]``."""
+        return token_grid(model if model is not None else self.model, feats, self.num_prefix_tokens)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks, in order (`block_list`)."""
+        return block_list(self.model)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's own upstream classifier (cpu/smoke: trained by the suite)."""
         self.check_input(x)
@@ -117,6 +127,45 @@ class Backbone(nn.Module):
     def embed_batched(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """`embed` over a large stack of images in chunks (no grad)."""
         return torch.cat([self.embed(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+
+
+def block_list(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a timm ViT/DeiT (``blocks``) or Swin (``layers[*].blocks``), in order."""
+    if hasattr(model, "blocks"):
+        return list(model.blocks)
+    if hasattr(model, "layers"):
+        return [b for layer in model.layers for b in getattr(layer, "blocks", [layer])]
+    raise ValueError(f"{type(model).__name__} has neither `blocks` nor `layers`: no transformer block list")
+
+
+def token_grid(model: nn.Module, feats: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """``forward_features``' output as a token grid ``[B, h, w, d]``.
+
+    ViT/DeiT ``[B, prefix + h·w, d]``: prefix (class/distillation) tokens dropped, the square
+    rest folded; Swin: NHWC already; a CNN's NCHW map is permuted.
+    """
+    if feats.ndim == 4:
+        return feats if getattr(model, "output_fmt", "NCHW") == "NHWC" else feats.permute(0, 2, 3, 1)
+    if feats.ndim != 3:
+        raise ValueError(f"{type(model).__name__}.forward_features gave {tuple(feats.shape)}; expected "
+                         "tokens [B, N, d] or a feature map [B, h, w, d]")
+    t = feats[:, num_prefix_tokens:]
+    h = math.isqrt(t.shape[1])
+    if h * h != t.shape[1]:
+        raise ValueError(f"{t.shape[1]} patch tokens after dropping {num_prefix_tokens} prefix tokens "
+                         "do not form a square grid")
+    return t.reshape(len(t), h, h, t.shape[-1])
+
+
+def resize_grid(t: torch.Tensor, grid: int, mode: str = "nearest") -> torch.Tensor:
+    """A grid ``[B, h, w, d]`` resized to the player grid ``[B, G, G, d]`` (unchanged when equal).
+
+    ``nearest`` repeats a coarse token for every player it covers; ``bilinear`` interpolates.
+    """
+    if t.shape[1:3] == (grid, grid):
+        return t
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(t.permute(0, 3, 1, 2), size=(grid, grid), mode=mode, **kw).permute(0, 2, 3, 1)
 
 
 def create_model(spec: BackboneSpec, num_classes: int, weights_dir: str | Path | None = None) -> nn.Module:
@@ -246,19 +295,17 @@ def obtain_backbone(profile: Profile, name: str, ckpt_dir: Path, device: torch.d
     if spec.pretrained:
         return bb, []
     key = profile.digest("img_size", "backbone_train", "mean", "std")
-    spec_key = hashlib.sha1(repr((spec, seed, key)).encode()).hexdigest()[:10]
-    ckpt = Path(ckpt_dir) / f"backbone_{name}_{spec_key}.pt"
-    if ckpt.exists():
-        try:
-            s = load_torch(ckpt)
-            bb.model.load_state_dict(s["model"])
-            return bb, s["history"]
-        except (CorruptCheckpoint, KeyError, RuntimeError) as e:
-            print(f"warning: {e}; retraining {name}")
-            ckpt.unlink()
-    if upstream is None:
-        raise ValueError(f"backbone {name!r} is not cached at {ckpt}; pass the upstream set to train it")
-    torch.manual_seed(seed)
-    bb.model.load_state_dict(create_model(spec, n_cls).state_dict())  # seeded init
-    hist = train_backbone(bb, upstream, profile, ckpt, seed, device)
-    return bb, hist
+    ckpt = Path(ckpt_dir) / f"backbone_{name}_{digest(spec, seed, key)}.pt"
+
+    def restore(s: dict) -> tuple[Backbone, list[dict]]:
+        bb.model.load_state_dict(s["model"])
+        return bb, s["history"]
+
+    def train() -> tuple[Backbone, list[dict]]:
+        if upstream is None:
+            raise ValueError(f"backbone {name!r} is not cached at {ckpt}; pass the upstream set to train it")
+        torch.manual_seed(seed)
+        bb.model.load_state_dict(create_model(spec, n_cls).state_dict())  # seeded init
+        return bb, train_backbone(bb, upstream, profile, ckpt, seed, device)
+
+    return load_or_train(ckpt, restore, train, f"backbone {name}")

@@ -60,7 +60,7 @@ class TVEConfig:
     keep_weight: float = 1.0  # weight of the keep-branch MSE
     radius: int | None = None  # None: scales with the grid, r = round(2 G / 14) (r=2 at 14x14)
     windows_per_image: int = 1  # K of the online sampler; K=1 is the official setting; K >= G²: every window
-    # "dense": every window of every image from a stored target set (tve_lib.targets), reused each epoch;
+    # "dense": every window of every image from a stored target set (tve_lib.explainers.tve_targets), reused each epoch;
     # "online": K windows drawn per image per step, targets computed on the fly (upstream sets too big to store)
     sampler: str = "dense"
     target_dtype: str = "float16"  # the target store's precision

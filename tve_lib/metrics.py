@@ -36,15 +36,7 @@ from torch import nn
 
 from .backbones import Backbone
 from .masking import top_k_mask
-
-CURVE_METRICS = ("fid_plus", "fid_minus", "pos", "neg", "deletion", "insertion")
-#: summary metric name of each curve's AUC; the summary.csv contract
-AUC_NAMES = {"fid_plus": "fid_plus_auc", "fid_minus": "fid_minus_auc", "pos": "pos_auc",
-             "neg": "neg_auc", "deletion": "deletion_auc", "insertion": "insertion_auc"}
-#: +1 when higher is better, -1 when lower is better (for tables and plots)
-DIRECTION = {"fid_plus_auc": 1, "fid_minus_auc": -1, "pos_auc": -1, "neg_auc": 1, "deletion_auc": -1,
-             "insertion_auc": 1, "shapley_spearman": 1, "shapley_topk": 1, "pointing_game": 1,
-             "mass_in_region": 1}
+from .schema import AUC_NAMES, CURVE_METRICS, DIRECTION  # noqa: F401  (the summary.csv vocabulary)
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -164,6 +156,18 @@ def ranked_keep(attr: torch.Tensor, ks: Sequence[int] | torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
+def _needed_ks(grids: dict[str, list[float]], p: int) -> tuple[list[int], list[int]]:
+    """Every k any curve needs: (top-k removed, top-k kept), the trivial 0 and P left out.
+
+    Removing the top k = keeping the bottom P-k, i.e. NOT the top k: evaluated with the complement mask.
+    """
+    need_rm = {round((1 - s) * p) for s in grids.get("fid_plus", [])} \
+        | {round(f * p) for f in grids.get("deletion", []) + grids.get("pos", [])}
+    need_keep = {round((1 - s) * p) for s in grids.get("fid_minus", [])} \
+        | {round(f * p) for f in grids.get("insertion", [])} | {p - round(f * p) for f in grids.get("neg", [])}
+    return sorted(k for k in need_rm if 0 < k < p), sorted(k for k in need_keep if 0 < k < p)
+
+
 def perturbation_curves(backbone: Backbone, head: nn.Module, images: torch.Tensor, attr: torch.Tensor,
                         target: torch.Tensor | None = None, sparsities: Sequence[float] = (0.0, 0.5),
                         perturbation_steps: Sequence[float] = (0.0, 0.5), deletion_steps: int = 10,
@@ -193,14 +197,7 @@ def perturbation_curves(backbone: Backbone, head: nn.Module, images: torch.Tenso
     emb_empty = masked_embeddings(backbone, images, empty.expand(len(images), 1, p), batch_size)[:, 0]
     p_empty, hit_empty = class_prob(head, emb_empty, target), class_hit(head, emb_empty, target)
 
-    # every k any curve needs, as "keep the top k" (removing the top k = keeping the bottom P-k,
-    # i.e. NOT the top k: evaluated with the complement mask)
-    need_rm = {round((1 - s) * p) for s in grids.get("fid_plus", [])} \
-        | {round(f * p) for f in grids.get("deletion", []) + grids.get("pos", [])}
-    need_keep = {round((1 - s) * p) for s in grids.get("fid_minus", [])} \
-        | {round(f * p) for f in grids.get("insertion", [])} | {p - round(f * p) for f in grids.get("neg", [])}
-    rm_ks = sorted(k for k in need_rm if 0 < k < p)
-    keep_ks = sorted(k for k in need_keep if 0 < k < p)
+    rm_ks, keep_ks = _needed_ks(grids, p)
     top = ranked_keep(a, rm_ks + keep_ks)
     masks = torch.cat([~top[:, :len(rm_ks)], top[:, len(rm_ks):]], 1)
     emb = masked_embeddings(backbone, images, masks, batch_size)

@@ -30,8 +30,9 @@ import pandas as pd
 from IPython.display import display
 
 from tve_lib import Suite
+from tve_lib.gallery import sample_grid
 from tve_lib.io import write_csv
-from tve_lib.plots import accuracy_bars, sample_grid, savefig
+from tve_lib.report.plots import accuracy_bars, savefig
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 prof = suite.profile

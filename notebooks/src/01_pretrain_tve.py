@@ -15,7 +15,7 @@
 # written atomically, keyed on the backbone's weights, the radius and the images; an interrupted build
 # resumes) and reused over many epochs. The **online** sampler (the official one, and the `paper` profile's,
 # where ImageNet is too large to store) draws `K` window centres per image per step and computes their
-# targets on the fly. One training loop serves both (`tve_lib.tve_train`), minimising the two mean squared
+# targets on the fly. One training loop serves both (`tve_lib.explainers.tve_train`), minimising the two mean squared
 # errors. The explainer never sees a label or a head: that is what makes it transferable to any task on the
 # same backbone (notebook 02).
 #
@@ -26,7 +26,7 @@
 # the player grid (the official shape), or one `"shared"` trunk; a loss that weights the within-image part of
 # the squared error (`centred_weight`; 1 is the plain MSE); upstream augmentation by composites of half-size
 # upstream images (`augment`); radius `r = round(2G/14)` (the official `r=2` at 14×14). Multi-GPU: `torchrun
-# --nproc_per_node=N -m tve_lib.distributed --profile paper` runs this same loop under DistributedDataParallel.
+# --nproc_per_node=N -m tve_lib.studies.distributed --profile paper` runs this same loop under DistributedDataParallel.
 
 # %% tags=["parameters"]
 PROFILE = "cpu"
@@ -44,9 +44,9 @@ from IPython.display import Markdown, display
 
 from tve_lib import Suite
 from tve_lib.io import write_csv
-from tve_lib.findings import pretrain_finding
-from tve_lib.plots import loss_curves, savefig
-from tve_lib.transfer import pretrain_table, trivial_ratio
+from tve_lib.report.findings import pretrain_finding
+from tve_lib.report.plots import loss_curves, savefig
+from tve_lib.studies.transfer import pretrain_table, trivial_ratio
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 cfg = suite.profile.tve

@@ -3,14 +3,14 @@
 #
 # Two studies on the metrics of notebooks 02 and 03:
 #
-# 1. **The scaling study** (`tve_lib.scaling`): TVE's amortisation error against pre-training compute,
+# 1. **The scaling study** (`tve_lib.studies.scaling`): TVE's amortisation error against pre-training compute,
 #    *measured*, for the dense sampler (every window of every image, from the stored targets) and the official
 #    online sampler (`K` windows drawn per image per step). Each budget is one pre-trained explainer, scored on
 #    `scaling.n_test_images` test images per task (a reduced count), both heads: the median Spearman with the
 #    exact window quantity (notebook 02), the worst task × head setting, and TVE's Fidelity⁺ AUC over that of
 #    exact window occlusion on the same images. `pretrain_seconds` counts training plus the stored targets the
 #    budget uses, so the samplers compare on total compute. One dense budget is the profile's own explainer.
-# 2. **Ablations** (`tve_lib.ablations`), one factor at a time at a reduced pre-training budget
+# 2. **Ablations** (`tve_lib.studies.ablations`), one factor at a time at a reduced pre-training budget
 #    (`eval.ablation_epochs` epochs of `eval.ablation_images` images, the reference being the profile's
 #    TVEConfig at that budget), on the first `eval.ablation_n_images` evaluation images of each task:
 #    * **window radius r** of the targets (each radius a separately pre-trained explainer);
@@ -44,13 +44,13 @@ import time
 from IPython.display import Markdown, display
 
 from tve_lib import Suite
-from tve_lib.ablations import ablation_variants, reference_config, run_ablations
-from tve_lib.figures import SPEARMAN_OK
-from tve_lib.fidelity_plots import ablation_bars, scaling_curve
-from tve_lib.findings import scaling_finding
 from tve_lib.io import upsert_csv, write_csv
-from tve_lib.plots import savefig
-from tve_lib.scaling import run_scaling, scaling_budgets, shape_front
+from tve_lib.report.fidelity_plots import ablation_bars, scaling_curve
+from tve_lib.report.figures import SPEARMAN_OK
+from tve_lib.report.findings import scaling_finding
+from tve_lib.report.plots import savefig
+from tve_lib.studies.ablations import ablation_variants, reference_config, run_ablations
+from tve_lib.studies.scaling import run_scaling, scaling_budgets, shape_front
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 ev, sc, tcfg = suite.profile.eval, suite.profile.scaling, suite.profile.tve

@@ -31,7 +31,7 @@
 #
 # **Compared on the same images** (the first `ltx.n_explain` of notebook 03's evaluation images, linear heads):
 # pLTX, LTX (both selections), TVE zero-shot (pre-trained once per backbone, never trained on these tasks)
-# and KernelSHAP at the largest budget, on the notebook-03 metrics (`tve_lib.fidelity.evaluate_maps`:
+# and KernelSHAP at the largest budget, on the notebook-03 metrics (`tve_lib.studies.fidelity.evaluate_maps`:
 # Fidelity⁺/⁻ AUC, POS/NEG AUC, deletion/insertion, localisation on the mosaic task), plus the cost: training
 # time per task and explanation time per image.
 
@@ -50,15 +50,19 @@ HEAD = "linear"
 # %%
 import time
 
-import pandas as pd
 import torch
 from IPython.display import display
 
-from tve_lib import Suite, ltx
-from tve_lib.bench import append_throughput
-from tve_lib.fidelity import CURVE_KEYS, SUMMARY_KEYS, concat
+from tve_lib import Suite
+from tve_lib.gallery import attribution_gallery
 from tve_lib.io import upsert_csv, write_csv
-from tve_lib.plots import attribution_gallery, savefig
+from tve_lib.report import claims
+from tve_lib.report import ltx as ltx_report
+from tve_lib.report.plots import savefig
+from tve_lib.schema import CURVE_KEYS, SELECTIONS, SUMMARY_KEYS, method_label
+from tve_lib.studies import ltx
+from tve_lib.studies.fidelity import concat
+from tve_lib.studies.throughput import append_throughput
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 cfg = suite.profile.ltx
@@ -66,7 +70,8 @@ backbones = BACKBONES or suite.backbone_names
 tasks = TASKS or list(suite.profile.tasks)
 print(f"profile {suite.profile.name}: pLTX on {cfg.n_train} training images x {cfg.epochs} epochs, LTX on "
       f"{cfg.n_explain} test images x {cfg.ft_steps} steps (chunks of {cfg.ft_batch}), loss CE + "
-      f"{cfg.lambda_mask} * {cfg.mask_penalty}(m), mode {cfg.mode}, KernelSHAP budget {max(suite.profile.eval.budgets)}, "
+      f"{cfg.lambda_mask} * {cfg.mask_penalty}(m), mode {cfg.mode}, "
+      f"KernelSHAP budget {max(suite.profile.eval.budgets)}, "
       f"device {suite.device}, {torch.get_num_threads()} threads")
 
 # %% [markdown]
@@ -113,12 +118,12 @@ print(f"{len(summary)} rows -> fidelity/summary.csv; {len(throughput)} rows -> t
 # step with the true label's POS-AUC: its POS column is not a fair score.
 
 # %%
-table = summary.assign(label=[ltx.method_label(m, s, bu) for m, s, bu in
+table = summary.assign(label=[method_label(m, bu, s) for m, s, bu in
                               zip(summary.method, summary.selection, summary.budget)])
 cols = ["fid_plus_auc", "fid_minus_auc", "pos_auc", "neg_auc", "insertion_auc", "deletion_auc"]
 display(table.pivot_table(index=["task", "backbone", "label"], columns="metric", values="value")
         .reindex(columns=cols).round(3))
-fig = ltx.comparison_figure(summary)
+fig = ltx_report.comparison_figure(summary)
 savefig(fig, suite.path("figures", "05_ltx_metrics"))
 
 # %% [markdown]
@@ -139,7 +144,7 @@ else:
 # rows are listed separately below: they are an optimistic reference, not a competitor.
 
 # %%
-ranks = ltx.rank_methods(summary)
+ranks = ltx_report.rank_methods(summary)
 display(ranks.pivot_table(index="label", columns="metric", values="mean_rank").reindex(columns=cols).round(2))
 display(table[table.selection == "test_metric"].pivot_table(index=["task", "backbone"], columns="metric",
                                                              values="value").reindex(columns=cols).round(3))
@@ -155,7 +160,7 @@ display(table[table.selection == "test_metric"].pivot_table(index=["task", "back
 # `throughput/throughput.csv`; there `budget` of `ltx` is its number of fine-tuning steps.
 
 # %%
-costs["label"] = [ltx.method_label(m, s, bu) for m, s, bu in zip(costs.method, costs.selection, costs.budget)]
+costs["label"] = [method_label(m, bu, s) for m, s, bu in zip(costs.method, costs.selection, costs.budget)]
 display(costs.pivot_table(index="label", columns="backbone", values="explain_ms_per_image", aggfunc="median")
         .round(2))
 display(costs.pivot_table(index="label", columns=["backbone"], values="train_s", aggfunc="mean").round(1))
@@ -169,7 +174,7 @@ display(costs.pivot_table(index="label", columns="backbone", values="ratio_to_in
 
 # %%
 display(history.pivot_table(index="epoch", columns=["task", "backbone"], values="loss").round(3))
-fig = ltx.trajectory_figure(trajectory)
+fig = ltx_report.trajectory_figure(trajectory)
 savefig(fig, suite.path("figures", "05_ltx_finetuning"))
 
 # %% [markdown]
@@ -199,11 +204,11 @@ for t in tasks:
 # the step with the evaluation metric.
 
 # %%
-claim = ltx.finetune_claim(summary)
+claim = claims.finetune_claim(summary)
 write_csv(claim, suite.path("ltx", "claim.csv"))
 display(claim.round(4))
-for sel in ltx.SELECTIONS:
-    print(ltx.claim_verdict(claim, sel))
+for sel in SELECTIONS:
+    print(claims.claim_verdict(claim, sel))
 suite.write_run_json("ltx", {"backbones": backbones, "tasks": tasks, "head": HEAD},
-                     verdict_loss=ltx.claim_verdict(claim, "loss"),
-                     verdict_test_metric=ltx.claim_verdict(claim, "test_metric"))
+                     verdict_loss=claims.claim_verdict(claim, "loss"),
+                     verdict_test_metric=claims.claim_verdict(claim, "test_metric"))

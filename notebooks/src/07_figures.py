@@ -12,13 +12,14 @@
 #
 # | figure | what it shows | from |
 # |---|---|---|
-# | 1 | TVE's Fidelity⁺ AUC per architecture × dataset, and its ratio to the strongest method | `fidelity/per_image.csv` |
-# | 2a–c | Fidelity⁺ / Fidelity⁻ AUC per method and dataset; the curves behind them | `fidelity/summary.csv`, `curves.csv` |
+# | 1 | TVE's Fidelity⁺ AUC per architecture × dataset; its ratio to the strongest method | `fidelity/per_image.csv` |
+# | 2a–c | Fidelity⁺ / Fidelity⁻ AUC per method and dataset; their curves | `fidelity/summary.csv`, `curves.csv` |
 # | 3 | task-specific training (FastSHAP-style) against epochs vs TVE zero-shot | `fidelity/amortized.csv` |
 # | 4 | ablations of TVE | `fidelity/ablations.csv` |
 # | 5, 5b | throughput per architecture; cost against the number of tasks | `throughput/throughput.csv` |
 # | 6 | explanation galleries (tiled from the notebooks' gallery PNGs) | `figures/03_gallery_*.png` |
-# | 7, 7b | LTX vs pLTX, TVE, KernelSHAP; LTX's fine-tuning steps | `fidelity/summary.csv` (rows with `selection`), `ltx/trajectory.csv` |
+# | 7, 7b | LTX vs pLTX, TVE, KernelSHAP; LTX's fine-tuning steps | `fidelity/summary.csv` (`selection` set), |
+# |  |  | `ltx/trajectory.csv` |
 # | 8a, 8b | explainability vector against λ, and at λ* | `xvec/lambda_sweep.csv`, `xvec/comparison.csv` |
 # | A–C | transfer error, accuracy of the explained models, TVE pre-training | `tve/*.csv`, `accuracy.csv` |
 
@@ -35,7 +36,8 @@ INTERACTIVE = False
 from IPython.display import Markdown, display
 
 from tve_lib import Suite
-from tve_lib.figures import FigureBook, claims_table, markdown_table
+from tve_lib.report.book import FigureBook, markdown_table
+from tve_lib.report.claims import claims_table
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 book = FigureBook(suite.root)
@@ -45,7 +47,8 @@ print(f"results: {suite.root}; tables found: {', '.join(book.tables) or 'none'}"
 # ## Figure 1 · TVE's fidelity per architecture × dataset
 # Left: Fidelity⁺ AUC of TVE's zero-shot maps (linear heads). Right: TVE's value over that of the strongest
 # other method on that backbone and task, both averaged over the same images (a sampling method at a large
-# budget runs on a subset of the images), with that method's name; ≥ 0.9 counts as competitive.
+# budget runs on a subset of the images), with that method's name; ≥ `COMPETITIVE` (`tve_lib.report.claims`)
+# counts as competitive.
 
 # %%
 book.render("fig1_tve_overview")
@@ -128,7 +131,7 @@ book.render("figC_pretrain")
 # %% [markdown]
 # ## Which claims of the seed papers reproduce here
 # Every verdict is decided by the rule in its row, applied to the numbers shown (the thresholds are
-# constants in `tve_lib/figures.py`): a rule that counts settings (backbone × task × head, or device × size ×
+# constants in `tve_lib/report/claims.py`): a rule that counts settings (backbone × task × head, or device × size ×
 # backbone × batch size) says **reproduces** when all of them pass, **partly** when at least half do,
 # **does not reproduce** otherwise; **not measured** means the CSV it needs is missing. The verdicts are
 # about this run's profile: small models and few images in `smoke` and `cpu`, so read them with the

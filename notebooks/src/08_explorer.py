@@ -37,8 +37,8 @@ SPARSITY = 0.5
 from IPython.display import display
 
 from tve_lib import Suite
-from tve_lib.explorer import Explorer
-from tve_lib.plots import savefig
+from tve_lib.report.plots import savefig
+from tve_lib.studies.explorer import Explorer
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 explorer = Explorer(suite, BASELINES)

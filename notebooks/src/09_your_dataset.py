@@ -17,7 +17,7 @@
 # 4. a gallery of the maps is saved.
 #
 # With `TASK = ""` (as in `run_all.sh`) the notebook first writes a small ImageFolder itself, from held-out
-# data the explainer never saw (`tve_lib.yourdata.demo_imagefolder`: three classes of the profile's
+# data the explainer never saw (`tve_lib.studies.yourdata.demo_imagefolder`: three classes of the profile's
 # less-related domain, the handwritten digits in cpu/smoke), so this walkthrough is always tested.
 #
 # Results go to `results/<profile>/yourdata/` (`summary.csv`, `curves.csv`) and `figures/09_*`.
@@ -44,14 +44,15 @@ import torch
 from IPython.display import display
 
 from tve_lib import Suite
-from tve_lib.explainers import make_explainer
-from tve_lib.fidelity import CURVE_KEYS, SUMMARY_KEYS, concat, evaluate_maps
-from tve_lib.fidelity_plots import auc_bars, metric_table
+from tve_lib.gallery import attribution_gallery, sample_grid
 from tve_lib.heads import head_accuracy
 from tve_lib.io import upsert_csv
 from tve_lib.metrics import spearman, topk_overlap
-from tve_lib.plots import attribution_gallery, sample_grid, savefig
-from tve_lib.yourdata import demo_imagefolder
+from tve_lib.report.fidelity_plots import auc_bars, metric_table
+from tve_lib.report.plots import savefig
+from tve_lib.schema import CURVE_KEYS, SUMMARY_KEYS
+from tve_lib.studies.fidelity import concat, evaluate_maps
+from tve_lib.studies.yourdata import demo_imagefolder
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 ev = suite.profile.eval
@@ -86,8 +87,8 @@ n = min(len(task.test), min(ev.budget_images))
 idx = torch.randperm(len(task.test), generator=torch.Generator().manual_seed(SEED))[:n]
 raw, labels, masks = task.test.get(idx)
 x = bb.normalize(raw.to(suite.device))
-explainers = {("tve", 0): suite.explainer(BACKBONE), ("random", 0): make_explainer("random", bb, suite)}
-explainers.update({("kernelshap", b): make_explainer("kernelshap", bb, suite, budget=b) for b in ev.budgets})
+explainers = {(m, 0): suite.make_explainer(m, BACKBONE) for m in ("tve", "random")}
+explainers.update({("kernelshap", b): suite.make_explainer("kernelshap", BACKBONE, budget=b) for b in ev.budgets})
 maps, seconds = {}, {}
 for key, ex in explainers.items():
     t0 = time.perf_counter()

@@ -17,8 +17,6 @@ training buys over zero-shot transfer.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
@@ -26,11 +24,10 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..config import EvalConfig
-from ..data import iter_batches
-from ..io import CorruptCheckpoint, load_torch, save_torch
 from ..metrics import auc, masked_embeddings, perturbation_curves
 from ..shapley import kernel_coalitions
 from .base import Explainer
+from .registry import register_explainer
 
 
 class AmortizedNet(nn.Module):
@@ -73,10 +70,13 @@ def _probs(head: nn.Module, emb: torch.Tensor) -> torch.Tensor:
     return F.softmax(head(emb).float(), -1)
 
 
+@register_explainer
 class Amortized(Explainer):
     """FastSHAP-style explainer of ONE head (the one it was trained for)."""
 
     name = "fastshap"
+    training = "task"
+    trained_args = ("net", "head")
 
     def __init__(self, backbone: Backbone, net: AmortizedNet, head: nn.Module, history: list[dict] | None = None):
         super().__init__(backbone)
@@ -181,39 +181,3 @@ def train_amortized(backbone: Backbone, heads: list[nn.Module], images: torch.Te
             v, v01 = _probs(h, emb), _probs(h, e01)
         out.append(_train_one(backbone, h, images, z, v, v01, cfg, seed, eval_images, progress))
     return out
-
-
-def obtain_amortized(suite, backbone: str, task: str, kinds: tuple[str, ...] = ("linear", "mlp"),
-                     eval_images: torch.Tensor | None = None) -> dict[str, Amortized]:
-    """The amortised explainers of ``task``'s heads on ``backbone`` (trained once, cached).
-
-    Trains on the first ``fastshap_images`` of a seeded permutation of the task's training split;
-    ``eval_images`` (normalised test images) give the per-epoch Fidelity⁺ AUC of the history.
-    """
-    cfg, bb = suite.profile.eval, suite.backbone(backbone)
-    t = suite.task(task)
-    heads = [suite.head(backbone, task, k) for k in kinds]
-    fields = {k: v for k, v in cfg.__dict__.items() if k.startswith("fastshap") or k in ("sparsities",)}
-    key = hashlib.sha1(repr((fields, suite.profile.digest("img_size", "backbones", "backbone_train", "head_train"),
-                             backbone, task, kinds, suite.seed,
-                             None if eval_images is None else float(eval_images.double().sum()))).encode()
-                       ).hexdigest()[:10]
-    ckpt = suite.ckpt_dir / f"amortized_{backbone}_{task.replace('/', '_').replace(':', '_')}_{key}.pt"
-    if ckpt.exists():
-        try:
-            s = load_torch(ckpt)
-            out = {}
-            for k, h in zip(kinds, heads):
-                net = build_net(bb, t.num_classes, cfg.fastshap_depth)
-                net.load_state_dict(s[k]["net"])
-                out[k] = Amortized(bb, net.requires_grad_(False), h, s[k]["history"])
-            return out
-        except (CorruptCheckpoint, KeyError, RuntimeError) as e:
-            print(f"warning: {e}; training the amortised explainers again")
-            ckpt.unlink()
-    g = torch.Generator().manual_seed(suite.seed)
-    idx = torch.randperm(len(t.train), generator=g)[: cfg.fastshap_images]
-    x = torch.cat([bb.normalize(r.to(suite.device)) for r, _, _ in iter_batches(t.train, cfg.batch_size, idx)])
-    expl = train_amortized(bb, heads, x, cfg, suite.seed, eval_images)
-    save_torch({k: {"net": e.net.state_dict(), "history": e.history} for k, e in zip(kinds, expl)}, ckpt)
-    return dict(zip(kinds, expl))

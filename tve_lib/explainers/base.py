@@ -16,9 +16,28 @@ from ..heads import check_head
 
 
 class Explainer:
-    """Base class: holds the frozen backbone and implements target selection."""
+    """Base class: holds the frozen backbone and implements target selection.
+
+    Capabilities are class attributes, read by the registry and the studies:
+    ``training`` (None; "pretrain": task-agnostic, once per backbone; "task": once per task and
+    head), ``trained_args`` (the constructor arguments that carry the trained network),
+    ``sampling`` (its cost is a budget of model calls per image, the ``budget`` column) and
+    ``compared`` (part of the fidelity and throughput comparison of notebooks 03 and 04).
+    """
 
     name = "explainer"
+    training: str | None = None
+    trained_args: tuple[str, ...] = ()
+    sampling = False
+    shares_tasks = False  # overrides `explain_tasks` to share model calls across heads
+    compared = True
+    class_conditional = True  # False: ``target`` is ignored (the map explains the class the net was trained for)
+    requires = ""  # what `supports` checks, for the error message ("needs a ViT/DeiT block stack")
+
+    @classmethod
+    def supports(cls, backbone: Backbone) -> bool:
+        """Whether this explainer applies to ``backbone`` (all do unless they say otherwise)."""
+        return True
 
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
@@ -43,4 +62,11 @@ class Explainer:
 
     def explain(self, images: torch.Tensor, head: nn.Module,
                 target: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Signed maps ``[B, G, G]`` of ``head``'s class ``target`` (default: the prediction)."""
         raise NotImplementedError
+
+    def explain_tasks(self, images: torch.Tensor, heads: list[nn.Module],
+                      targets: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+        """Maps of several heads of one task; explainers that share model calls override this."""
+        targets = targets or [None] * len(heads)
+        return [self.explain(images, h, t) for h, t in zip(heads, targets)]

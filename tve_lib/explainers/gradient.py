@@ -26,6 +26,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from .base import Explainer
+from .registry import register_explainer
 
 
 def pixels_to_players(attr: torch.Tensor, grid: int) -> torch.Tensor:
@@ -47,6 +48,7 @@ def resize_map(a: torch.Tensor, grid: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(a, grid).squeeze(1)
 
 
+@register_explainer
 class IntegratedGradients(Explainer):
     """Captum IG with ``n_steps`` (Gauss-Legendre) from the removal-value baseline."""
 
@@ -83,6 +85,7 @@ def last_block(model: nn.Module) -> tuple[nn.Module, str]:
     raise ValueError(f"Grad-CAM: {type(model).__name__} has neither .blocks (ViT/DeiT) nor .layers (Swin)")
 
 
+@register_explainer
 class GradCAM(Explainer):
     """Captum `LayerGradCam` (ReLU on, channel-summed) on the last block's patch tokens."""
 

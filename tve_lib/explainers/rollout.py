@@ -17,6 +17,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from .base import Explainer
+from .registry import register_explainer
 
 
 def supports_rollout(backbone: Backbone) -> bool:
@@ -25,10 +26,17 @@ def supports_rollout(backbone: Backbone) -> bool:
     return bool(blocks) and all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks)
 
 
+@register_explainer
 class Rollout(Explainer):
     """Attention rollout with residual identity (``head_fusion`` mean, optional discard ratio 0)."""
 
     name = "rollout"
+    shares_tasks = True
+    requires = "needs a ViT/DeiT block stack (blocks[i].attn.qkv)"
+
+    @classmethod
+    def supports(cls, backbone: Backbone) -> bool:
+        return supports_rollout(backbone)
 
     def __init__(self, backbone: Backbone, residual: float = 0.5):
         super().__init__(backbone)

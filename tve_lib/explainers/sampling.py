@@ -21,9 +21,12 @@ from ..backbones import Backbone
 from ..metrics import class_prob, masked_embeddings
 from ..shapley import expand_groups, kernel_coalitions, kernel_shap, lime, lime_coalitions
 from .base import Explainer
+from .registry import register_explainer
 
 
 class _Sampler(Explainer):
+    sampling = True
+    shares_tasks = True
     edges = True  # evaluates the empty and full images besides its samples
 
     def __init__(self, backbone: Backbone, budget: int, seed: int = 0, groups: torch.Tensor | None = None,
@@ -76,6 +79,7 @@ class _Sampler(Explainer):
         return self.explain_tasks(images, [head], [target])[0]
 
 
+@register_explainer
 class KernelSHAP(_Sampler):
     """KernelSHAP: paired Shapley-kernel samples, exact efficiency (Covert & Lee's constrained LS)."""
 
@@ -90,6 +94,7 @@ class KernelSHAP(_Sampler):
         return kernel_shap(z, v, v_empty, v_full)
 
 
+@register_explainer
 class LIME(_Sampler):
     """LIME (``lime_image`` defaults: Bernoulli(½) samples, cosine kernel width 0.25, ridge α = 1)."""
 

@@ -1,7 +1,7 @@
 """Model-agnostic reference explainers: `Random` and window `Occlusion`.
 
 Occlusion is the *window* occlusion TVE amortises, ``f_y(x ⊙ W_i) − f_y(x ⊙ (1 − W_i))`` on the
-head's logits, computed exactly with ``2·G²`` backbone calls per image (`tve_lib.tve`'s
+head's logits, computed exactly with ``2·G²`` backbone calls per image (`tve_lib.explainers.tve`'s
 `window_occlusion`; the embeddings are shared by all heads of a task). Captum's `Occlusion`
 slides a remove-only window and re-runs the head per window; the keep branch is what it lacks.
 """
@@ -14,8 +14,10 @@ from torch import nn
 from ..backbones import Backbone
 from ..masking import default_radius
 from .base import Explainer
+from .registry import register_explainer
 
 
+@register_explainer
 class Random(Explainer):
     """Uniform random maps; each call draws from a generator seeded with ``seed`` (deterministic)."""
 
@@ -32,10 +34,12 @@ class Random(Explainer):
         return torch.rand(len(images), self.grid, self.grid, generator=g).to(images.device)
 
 
+@register_explainer
 class Occlusion(Explainer):
     """Exact window occlusion (keep-window minus remove-window logit) with Chebyshev ``radius``."""
 
     name = "occlusion"
+    shares_tasks = True
 
     def __init__(self, backbone: Backbone, radius: int | None = None, batch_size: int = 1024):
         super().__init__(backbone)
@@ -46,7 +50,7 @@ class Occlusion(Explainer):
     def explain_tasks(self, images: torch.Tensor, heads: list[nn.Module],
                       targets: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
         """Maps for several heads from one set of ``2·G²`` window embeddings per image."""
-        from ..tve import all_window_embeddings, transfer_rule
+        from .tve import all_window_embeddings, transfer_rule
 
         self.backbone.check_input(images)
         targets = targets or [None] * len(heads)

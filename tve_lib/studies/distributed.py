@@ -1,6 +1,6 @@
 """Multi-process TVE pre-training under torchrun (DistributedDataParallel).
 
-    torchrun --nproc_per_node=8 -m tve_lib.distributed --profile paper --backbone vit deit swin \
+    torchrun --nproc_per_node=8 -m tve_lib.studies.distributed --profile paper --backbone vit deit swin \
         --data-dir /data --weights-dir /weights
 
 Each rank takes its slice of every global batch (`tve.pretrain`), so N processes follow the
@@ -16,7 +16,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from . import tve
+from ..explainers import tve
 from .suite import Suite
 
 

@@ -1,7 +1,7 @@
 """TVE pre-training: one loop, two samplers (docs/method.md §1).
 
 ``cfg.sampler = "dense"``: every window of every image supervises each step, from the target store
-(`tve_lib.targets`), computed once and reused over the epochs. ``"online"``: K window centres drawn
+(`tve_lib.explainers.tve_targets`), computed once and reused over the epochs. ``"online"``: K window centres drawn
 per image per step (K = 1 official) and their targets computed on the fly by the frozen backbone,
 for upstream sets too large to store. Both take the first ``n_images`` of the same seeded order of
 the upstream set and shuffle it every epoch, so with ``K >= G²`` (every window) the online sampler
@@ -15,18 +15,19 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .backbones import Backbone
-from .config import TVEConfig
-from .data import ImageSet, iter_batches
-from .io import checkpoint, resume, save_torch
-from .masking import default_radius
-from .targets import all_window_embeddings, token_store, upstream_order, window_store, window_targets
+from ..backbones import Backbone
+from ..config import TVEConfig
+from ..data import ImageSet, iter_batches
+from ..io import checkpoint, resume, save_torch
+from ..masking import default_radius
+from .tve_targets import all_window_embeddings, token_store, upstream_order, window_store, window_targets
 
 SAMPLERS = ("dense", "online")
 
@@ -154,6 +155,44 @@ def _probe(backbone: Backbone, val: ImageSet, cfg: TVEConfig, seed: int, radius:
     return (vx, vc, *window_targets(backbone, vx, vc, radius))
 
 
+def _optimiser(model: nn.Module, cfg: TVEConfig, total: int) -> dict[str, Any]:
+    """AdamW with warm-up then cosine decay over ``total`` steps, as the objects a checkpoint saves."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(cfg.warmup_frac * total))))
+    return {"model": model, "opt": opt, "sched": sched}
+
+
+def _epoch(net: nn.Module, objs: dict[str, Any], source: DenseSource | OnlineSource, cfg: TVEConfig,
+           order: torch.Tensor, gen: torch.Generator, epoch: int, desc: str, progress: bool,
+           on_step: Callable[[int, float, float], None] | None) -> tuple[float, float, int]:
+    """One pass over ``order`` in global batches; returns the summed keep/remove losses and images seen."""
+    rank, world = _dist()
+    opt, sched = objs["opt"], objs["sched"]
+    steps = math.ceil(len(order) / cfg.batch_size)
+    net.train()
+    sk = sr = 0.0
+    seen = 0
+    bar = tqdm(range(steps), desc=desc, disable=not progress or rank != 0, leave=False)
+    for step in bar:
+        pos = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        centres = source.centres(len(pos), gen)  # drawn for the global batch: same on every rank
+        lo, hi = (len(pos) * rank) // world, (len(pos) * (rank + 1)) // world
+        inp, base, tk, tr, c = source.batch(pos[lo:hi], None if centres is None else centres[lo:hi])
+        lk, lr = tve_loss(*net(inp, base), tk, tr, c, cfg.centred_weight)
+        opt.zero_grad(set_to_none=True)
+        (cfg.keep_weight * lk + lr).backward()
+        opt.step()
+        sched.step()
+        losses = torch.stack([lk.detach(), lr.detach()]) * (hi - lo)
+        if world > 1:
+            dist.all_reduce(losses)
+        sk, sr, seen = sk + losses[0].item(), sr + losses[1].item(), seen + len(pos)
+        if on_step is not None:
+            on_step(epoch * steps + step, losses[0].item() / len(pos), losses[1].item() / len(pos))
+        bar.set_postfix(keep=f"{sk / seen:.4f}", remove=f"{sr / seen:.4f}")
+    return sk, sr, seen
+
+
 def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSet, cfg: TVEConfig,
              ckpt: Path, seed: int, radius: int | None = None, progress: bool = True,
              on_step: Callable[[int, float, float], None] | None = None,
@@ -176,12 +215,8 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index]
                                                   if device.type == "cuda" else None)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = min(cfg.n_images, len(train))
-    steps = math.ceil(n / cfg.batch_size)
-    total = cfg.epochs * steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(cfg.warmup_frac * total))))
-    objs = {"model": model, "opt": opt, "sched": sched}
+    objs = _optimiser(model, cfg, cfg.epochs * math.ceil(n / cfg.batch_size))
     part = Path(ckpt).with_suffix(".partial.pt")
     state = resume(part, objs) or {"epoch": 0, "history": [], "seconds": 0.0}
     ids = upstream_order(train, seed)[:n]
@@ -199,28 +234,8 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
         t0 = time.time()
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(n, generator=gen)
-        net.train()
-        sk = sr = 0.0
-        seen = 0
-        bar = tqdm(range(steps), desc=f"TVE {backbone.name} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress or rank != 0, leave=False)
-        for step in bar:
-            pos = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            centres = source.centres(len(pos), gen)  # drawn for the global batch: same on every rank
-            lo, hi = (len(pos) * rank) // world, (len(pos) * (rank + 1)) // world
-            inp, base, tk, tr, c = source.batch(pos[lo:hi], None if centres is None else centres[lo:hi])
-            lk, lr = tve_loss(*net(inp, base), tk, tr, c, cfg.centred_weight)
-            opt.zero_grad(set_to_none=True)
-            (cfg.keep_weight * lk + lr).backward()
-            opt.step()
-            sched.step()
-            losses = torch.stack([lk.detach(), lr.detach()]) * (hi - lo)
-            if world > 1:
-                dist.all_reduce(losses)
-            sk, sr, seen = sk + losses[0].item(), sr + losses[1].item(), seen + len(pos)
-            if on_step is not None:
-                on_step(epoch * steps + step, losses[0].item() / len(pos), losses[1].item() / len(pos))
-            bar.set_postfix(keep=f"{sk / seen:.4f}", remove=f"{sr / seen:.4f}")
+        sk, sr, seen = _epoch(net, objs, source, cfg, order, gen, epoch,
+                              f"TVE {backbone.name} epoch {epoch + 1}/{cfg.epochs}", progress, on_step)
         state["seconds"] += time.time() - t0
         ho = heldout_losses(model, backbone, probe[0], probe[1], probe[2], probe[3], cfg.batch_size)
         common = {"seconds": state["seconds"], "target_seconds": state["target_seconds"]}

@@ -21,8 +21,8 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from .config import TVEConfig
-from .io import load_torch
+from ..config import TVEConfig
+from ..io import load_torch
 
 ARCHS = ("two", "shared", "tapped")
 
@@ -170,9 +170,14 @@ def build_explainer(backbone, cfg: TVEConfig) -> nn.Module:
     return m.to(backbone.mean.device)
 
 
+def restore_explainer(state: dict, backbone, cfg: TVEConfig) -> nn.Module:
+    """The pre-trained TVE model of a checkpoint's ``state`` (``state["model"]``), in eval mode."""
+    m = build_explainer(backbone, cfg)
+    m.load_state_dict(state["model"])
+    return m.eval()
+
+
 def load_explainer(ckpt, backbone, cfg: TVEConfig) -> tuple[nn.Module, dict]:
     """A pre-trained TVE model from ``ckpt`` (and its history/radius)."""
     s = load_torch(ckpt)
-    m = build_explainer(backbone, cfg)
-    m.load_state_dict(s["model"])
-    return m.eval(), s
+    return restore_explainer(s, backbone, cfg), s

@@ -29,10 +29,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 
-from .explainers import EXPLAINERS, SAMPLING, make_explainer, supports
-from .metrics import class_prob, masked_embeddings, ranked_keep
-from .plots import _outline, _show
-from .viz import normalize_map, upsample_map
+from ..explainers import EXPLAINERS, explainer_class, supports
+from ..gallery import normalize_map, outline, show_image, upsample_map
+from ..metrics import class_prob, masked_embeddings, ranked_keep
 
 BASELINES = tuple(m for m in EXPLAINERS if m != "tve")
 
@@ -134,23 +133,16 @@ class Explorer:
 
     # ------------------------------------------------------------------ computation
     def _budget(self, method: str, budget: int) -> int:
-        return (budget or max(self.budgets)) if method in SAMPLING else 0
+        return (budget or max(self.budgets)) if explainer_class(method).sampling else 0
 
     def explainer(self, backbone: str, method: str, budget: int = 0, task: str = "", head: str = "linear") -> Any:
         """``method``'s explainer on ``backbone`` (cached): TVE from the suite, baselines from the registry."""
         budget = self._budget(method, budget)
-        key = (backbone, method, budget, task if method == "fastshap" else "", head if method == "fastshap" else "")
+        per_task = explainer_class(method).training == "task"
+        key = (backbone, method, budget, task if per_task else "", head if per_task else "")
         if key not in self._explainers:
-            bb = self.suite.backbone(backbone)
-            if method == "tve":
-                ex = self.suite.explainer(backbone)
-            elif method in SAMPLING:
-                ex = make_explainer(method, bb, self.suite, budget=budget)
-            elif method == "fastshap":
-                ex = make_explainer(method, bb, self.suite, task=task, head=head)
-            else:
-                ex = make_explainer(method, bb, self.suite)
-            self._explainers[key] = ex
+            kw = {"budget": budget} if budget else {}
+            self._explainers[key] = self.suite.make_explainer(method, backbone, task=task or None, head=head, **kw)
         return self._explainers[key]
 
     def _image(self, sel: Selection) -> tuple[torch.Tensor, int, torch.Tensor | None]:
@@ -206,16 +198,16 @@ class Explorer:
         fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.0 * n_cols, 2.1 * n_rows + 0.5), squeeze=False)
         size = view.image.shape[-1]
         for i, r in enumerate(view.rows):
-            _show(axes[i, 0], view.image)
+            show_image(axes[i, 0], view.image)
             if view.region is not None:
-                _outline(axes[i, 0], view.region)
+                outline(axes[i, 0], view.region)
             axes[i, 0].set_ylabel(r.method, fontsize=10)
             up = upsample_map(normalize_map(r.attribution.unsqueeze(0)), size)[0]
             axes[i, 1].imshow(up.numpy(), cmap="bwr", vmin=-1, vmax=1)
             axes[i, 1].set_xticks([])
             axes[i, 1].set_yticks([])
             for j, s in enumerate(view.sparsities):
-                _show(axes[i, 2 + j], r.masked[j])
+                show_image(axes[i, 2 + j], r.masked[j])
                 axes[i, 2 + j].set_title(f"s={s:.2f}: p keep {r.p_keep[j]:.2f}\np without {r.p_remove[j]:.2f}",
                                          fontsize=8)
         axes[0, 0].set_title(f"label {view.label}", fontsize=8)
@@ -289,7 +281,7 @@ class ExplorerWidgets:
         if c["image"].max != n - 1:
             c["image"].value = min(c["image"].value, n - 1)
             c["image"].max = n - 1
-        c["budget"].disabled = c["method"].value not in SAMPLING
+        c["budget"].disabled = not explainer_class(c["method"].value).sampling
 
     def update(self, change: dict | None = None) -> View | None:
         """The callback: recompute the view for the controls' values and redraw it."""

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Profile
-from .data import ImageSet
+from ..config import Profile
+from ..data import ImageSet
 
 N_CLASSES = 3  # classes of the demo folder: a new, smaller label space than its source task
 

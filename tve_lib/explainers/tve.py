@@ -6,8 +6,8 @@ every player i, the backbone embedding of the image with only the window ``W_i``
 Transfer to any head ``h`` and class ``y``: ``a_i = λ⁺ h_y(Φ⁺_i) − λ⁻ h_y(Φ⁻_i)``.
 
 The networks (``"two"`` trunks, ``"shared"``, or ``"tapped"`` on the backbone's own tokens) live in
-`tve_lib.tve_model`, the pre-training loop and its two samplers (dense stored targets, online
-drawn windows) in `tve_lib.tve_train`; both are re-exported here.
+`tve_lib.explainers.tve_model`, the pre-training loop and its two samplers (dense stored targets, online
+drawn windows) in `tve_lib.explainers.tve_train`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import Backbone
-from .explainers.base import Explainer
-from .heads import check_head, last_linear
-from .masking import pool_map
-from .targets import all_window_embeddings, window_targets
-from .tve_model import ARCHS, MixHead, TappedModel, Trunk, TVEModel, build_explainer, load_explainer
+from ..backbones import Backbone
+from ..heads import check_head, last_linear
+from ..masking import pool_map
+from .base import Explainer
+from .registry import register_explainer
+from .tve_model import ARCHS, MixHead, TappedModel, Trunk, TVEModel, build_explainer, load_explainer, restore_explainer
+from .tve_targets import all_window_embeddings, window_targets
 
 __all__ = ["ARCHS", "MixHead", "TappedModel", "TVEModel", "Trunk", "build_explainer", "load_explainer",
-           "TVE", "all_window_embeddings", "heldout_losses", "pretrain", "transfer_rule", "window_occlusion",
+           "restore_explainer", "TVE", "all_window_embeddings", "heldout_losses", "pretrain", "transfer_rule",
+           "window_occlusion",
            "window_targets"]
 
 
@@ -46,10 +48,14 @@ def window_occlusion(backbone: Backbone, head: nn.Module, x: torch.Tensor, targe
 
 
 # ----------------------------------------------------------------------------- explainer
+@register_explainer
 class TVE(Explainer):
     """Zero-shot TVE attributions for any head on the explainer's backbone."""
 
     name = "tve"
+    training = "pretrain"
+    trained_args = ("model", "radius")
+    shares_tasks = True
 
     def __init__(self, backbone: Backbone, model: TVEModel, radius: int, lam_plus: float = 1.0,
                  lam_minus: float = 1.0, pool: bool = False, last_layer_only: bool = False):

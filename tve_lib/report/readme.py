@@ -1,4 +1,4 @@
-"""Regenerate the README's claims table from a run: ``python -m tve_lib.readme results/cpu``.
+"""Regenerate the README's claims table from a run: ``python -m tve_lib.report.readme results/cpu``.
 
 The block between ``<!-- claims:begin -->`` and ``<!-- claims:end -->`` in README.md is replaced by
 the run's ``claims.csv`` (written by notebook 07) with the run's commit and wall time, so the
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .figures import markdown_table
-from .io import atomic_path
+from ..io import atomic_path
+from .book import markdown_table
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -7,6 +7,7 @@ RESULTS_DIR)``; models, embeddings and heads are computed once, cached under
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
 from functools import cached_property
@@ -17,14 +18,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import backbones as bbs
-from . import data as data_mod
-from .config import Profile, get_profile
-from .heads import HEAD_KINDS, head_accuracy, train_head
-from .io import CorruptCheckpoint, load_torch, provenance, save_torch, write_json
+from .. import backbones as bbs
+from .. import data as data_mod
+from ..cache import cached, digest, file_safe, load_or_train
+from ..config import Profile, get_profile
+from ..explainers import explainer_class, make_explainer
+from ..explainers.base import Explainer
+from ..heads import HEAD_KINDS, head_accuracy, train_head
+from ..io import load_torch, provenance, write_json
 
 if TYPE_CHECKING:
-    from .tve import TVE
+    from ..explainers.tve import TVE
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -115,15 +119,7 @@ class Suite:
         return self._histories[name]
 
     def _cached(self, key: str, fn):
-        p = self.ckpt_dir / f"{key}.pt"
-        if p.exists():
-            try:
-                return load_torch(p)
-            except CorruptCheckpoint as e:
-                print(f"warning: {e}; recomputing")
-        obj = fn()
-        save_torch(obj, p)
-        return obj
+        return cached(self.ckpt_dir / f"{key}.pt", fn, what=key.split("_")[0])
 
     def _bb_key(self, name: str) -> str:
         return f"{name}_{self.profile.digest('img_size', 'backbones', 'backbone_train')}_s{self.seed}"
@@ -132,7 +128,7 @@ class Suite:
         """Embeddings ``[N, D]`` and labels of a task split (cached)."""
         bb = self.backbone(backbone)
         ds = getattr(self.task(task), split)
-        key = (f"emb_{self._bb_key(backbone)}_{task.replace('/', '_').replace(':', '_')}_{split}_"
+        key = (f"emb_{self._bb_key(backbone)}_{file_safe(task)}_{split}_"
                f"{data_mod.content_digest(ds)}")
 
         def compute():
@@ -151,7 +147,7 @@ class Suite:
         if kind not in HEAD_KINDS:
             raise KeyError(f"unknown head kind {kind!r}; expected one of: {', '.join(HEAD_KINDS)}")
         t = self.task(task)
-        key = (f"head_{kind}_{self._bb_key(backbone)}_{task.replace('/', '_').replace(':', '_')}_"
+        key = (f"head_{kind}_{self._bb_key(backbone)}_{file_safe(task)}_"
                f"{self.profile.digest('head_train')}_{data_mod.content_digest(t.train)}")
 
         def compute():
@@ -183,16 +179,13 @@ class Suite:
 
     # ------------------------------------------------------------------ TVE
     def tve_radius(self, backbone: str) -> int:
-        from .masking import default_radius
+        from ..masking import default_radius
 
         return self.profile.tve.radius or default_radius(self.backbone(backbone).grid)
 
     def tve_checkpoint(self, backbone: str, cfg=None) -> Path:
         cfg = cfg or self.profile.tve
-        import hashlib
-
-        key = hashlib.sha1(repr((cfg, self._bb_key(backbone))).encode()).hexdigest()[:10]
-        return self.ckpt_dir / f"tve_{backbone}_{key}.pt"
+        return self.ckpt_dir / f"tve_{backbone}_{digest(cfg, self._bb_key(backbone))}.pt"
 
     def explainer(self, backbone: str, cfg=None, train_subset: float = 1.0, **transfer) -> TVE:
         """The pre-trained TVE explainer of ``backbone`` (pre-trained on upstream once, cached).
@@ -200,33 +193,69 @@ class Suite:
         ``cfg`` overrides the profile's TVEConfig (ablations); ``train_subset`` uses that
         fraction of the upstream images; ``transfer`` sets λ⁺, λ⁻, pool, last_layer_only.
         """
-        from . import tve
-
         cfg = cfg or self.profile.tve
         if train_subset < 1.0:
             import dataclasses
 
             cfg = dataclasses.replace(cfg, n_images=int(train_subset * min(cfg.n_images,
                                                                             len(self.upstream[0]))))
+        return self.pretrained_tve(backbone, cfg, self.tve_checkpoint(backbone, cfg),
+                                   cfg.radius or self.tve_radius(backbone), transfer)
+
+    def pretrained_tve(self, backbone: str, cfg, ckpt: Path, radius: int, transfer: dict[str, Any],
+                       progress: bool = True) -> TVE:
+        """The TVE explainer pre-trained with ``cfg`` whose checkpoint is ``ckpt`` (trained when absent)."""
+        from ..explainers import tve
+
         bb = self.backbone(backbone)
-        ckpt = self.tve_checkpoint(backbone, cfg)
-        radius = cfg.radius or self.tve_radius(backbone)
-        if ckpt.exists():
-            try:
-                model, s = tve.load_explainer(ckpt, bb, cfg)
-                return tve.TVE(bb, model, s["radius"], **transfer)
-            except CorruptCheckpoint as e:
-                print(f"warning: {e}; pre-training again")
-                ckpt.unlink()
-        torch.manual_seed(self.seed)
-        model = tve.build_explainer(bb, cfg)
-        tve.pretrain(model, bb, self.pretrain_set(cfg), self.upstream[1], cfg, ckpt, self.seed, radius,
-                     store_dir=self.ckpt_dir)
-        return tve.TVE(bb, model, radius, **transfer)
+
+        def restore(s: dict) -> TVE:
+            return make_explainer("tve", bb, model=tve.restore_explainer(s, bb, cfg), radius=s["radius"], **transfer)
+
+        def train() -> TVE:
+            torch.manual_seed(self.seed)
+            model = tve.build_explainer(bb, cfg)
+            # pretrain writes ckpt itself (atomically, resuming from its per-epoch file)
+            tve.pretrain(model, bb, self.pretrain_set(cfg), self.upstream[1], cfg, ckpt, self.seed, radius,
+                         progress=progress, store_dir=self.ckpt_dir)
+            return make_explainer("tve", bb, model=model, radius=radius, **transfer)
+
+        return load_or_train(ckpt, restore, train, "TVE explainer")
+
+    def make_explainer(self, name: str, backbone: str, task: str | None = None, head: str = "linear",
+                       **kw: Any) -> Explainer:
+        """Explainer ``name`` on backbone ``backbone``, configured by the profile and trained if it is.
+
+        Untrained methods get the profile's settings where their constructor takes them (``seed``,
+        ``radius`` = TVE's window radius, ``n_steps``, the masked-batch size); ``kw`` overrides.
+        ``tve``: the backbone's pre-trained explainer (`explainer`); ``fastshap``: the amortised
+        explainer of ``task``'s ``head`` kind (`tve_lib.studies.fastshap`), trained once and cached.
+        """
+        cls = explainer_class(name)
+        if cls.training == "pretrain":
+            return self.explainer(backbone, **kw)
+        if cls.training == "task":
+            if name != "fastshap":
+                raise ValueError(f"{name} is trained by its own study (notebooks 05/06), not by the suite")
+            from .fastshap import obtain_amortized
+
+            if task is None:
+                raise TypeError("fastshap needs task= (and head=, the head kind it explains)")
+            return obtain_amortized(self, backbone, task, (head,), kw.get("eval_images"))[head]
+        params = inspect.signature(cls.__init__).parameters
+        ev = self.profile.eval
+        defaults = {"seed": lambda: self.seed, "radius": lambda: self.tve_radius(backbone),
+                    "n_steps": lambda: ev.ig_steps, "internal_batch_size": lambda: ev.masked_batch_size}
+        if cls.sampling:
+            defaults["batch_size"] = lambda: ev.masked_batch_size
+        for k, value in defaults.items():
+            if k in params and k not in kw:
+                kw[k] = value()
+        return make_explainer(name, self.backbone(backbone), **kw)
 
     def pretrain_set(self, cfg=None):
         """The upstream training images TVE pre-trains on, augmented as ``cfg.augment`` says."""
-        from .augment import augmented_upstream
+        from ..augment import augmented_upstream
 
         cfg = cfg or self.profile.tve
         key = (cfg.augment, cfg.augment_frac)

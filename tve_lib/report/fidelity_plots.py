@@ -6,8 +6,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .fidelity import method_label
-from .metrics import DIRECTION
+from ..schema import DIRECTION, method_label
 
 CURVE_YLABEL = {"fid_plus": "Fidelity⁺ (↑)", "fid_minus": "Fidelity⁻ (↓)", "pos": "top-1 agreement, POS (↓)",
                 "neg": "top-1 agreement, NEG (↑)", "deletion": "p(ŷ), deletion (↓)",

@@ -5,7 +5,7 @@ official demo, remove-only λ⁺=0, both); pooled vs raw map; whole head vs last
 explainer's shape (tapped on the backbone's tokens, two trunks as the official code, one shared
 trunk); its depth; upstream augmentation (composites); the loss's centred weight (dense); the
 tapped explainer's inputs. How much pre-training, and which sampler, is the scaling study's
-question (`tve_lib.scaling`), measured as a curve rather than as a factor.
+question (`tve_lib.studies.scaling`), measured as a curve rather than as a factor.
 
 Every pre-trained variant uses the same reduced budget (``eval.ablation_epochs`` epochs of
 ``eval.ablation_images`` images; the reference explainer is the profile's TVEConfig at that
@@ -16,20 +16,25 @@ budget), so variants differ in one factor only. Transfer variants reuse the refe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
-from . import metrics as M
-from .config import Profile, TVEConfig
-from .fidelity import SUMMARY_COLUMNS, cached_shapley_references, concat, evaluate_maps, evaluation_indices
-from .heads import HEAD_KINDS
-from .io import CorruptCheckpoint
-from .masking import default_radius
+from .. import metrics as M
+from ..cache import digest
+from ..config import Profile, TVEConfig
+from ..heads import HEAD_KINDS
+from ..masking import default_radius
+from ..schema import SUMMARY_COLUMNS
+from .fidelity import cached_shapley_references, concat, evaluate_maps, evaluation_indices
+
+if TYPE_CHECKING:
+    from ..explainers.tve import TVE
+    from .suite import Suite
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
     """All variants; the reference appears once per factor (marked "(ref)").
 
     How much pre-training (images, epochs) and which sampler are not factors here: the scaling
-    study (`tve_lib.scaling`, same notebook) measures them as a curve.
+    study (`tve_lib.studies.scaling`, same notebook) measures them as a curve.
     """
     ref = reference_config(profile)
     r0 = ref.radius or default_radius(grid)
@@ -90,32 +95,62 @@ def _radius(cfg: TVEConfig, grid: int) -> int:
     return cfg.radius or default_radius(grid)
 
 
-def ablation_explainer(suite, backbone: str, variant: Variant):
+def ablation_explainer(suite: Suite, backbone: str, variant: Variant) -> TVE:
     """The pre-trained (cached) TVE explainer of a variant, with its transfer settings."""
-    from . import tve
-
     if variant.cfg is None:
         return suite.explainer(backbone, **variant.transfer)
     bb = suite.backbone(backbone)
     cfg = variant.cfg
-    key = hashlib.sha1(repr((cfg, variant.subset, suite.tve_checkpoint(backbone, cfg).name)).encode()).hexdigest()[:10]
-    ckpt = suite.ckpt_dir / f"tve_ablation_{backbone}_{key}.pt"
-    radius = _radius(cfg, bb.grid)
-    if ckpt.exists():
-        try:
-            model, s = tve.load_explainer(ckpt, bb, cfg)
-            return tve.TVE(bb, model, s["radius"], **variant.transfer)
-        except (CorruptCheckpoint, KeyError, RuntimeError) as e:
-            print(f"warning: {e}; pre-training the variant again")
-            ckpt.unlink()
-    torch.manual_seed(suite.seed)
-    model = tve.build_explainer(bb, cfg)
-    tve.pretrain(model, bb, suite.pretrain_set(cfg), suite.upstream[1], cfg, ckpt, suite.seed, radius,
-                 progress=False, store_dir=suite.ckpt_dir)
-    return tve.TVE(bb, model, radius, **variant.transfer)
+    key = digest(cfg, variant.subset, suite.tve_checkpoint(backbone, cfg).name)
+    return suite.pretrained_tve(backbone, cfg, suite.ckpt_dir / f"tve_ablation_{backbone}_{key}.pt",
+                                _radius(cfg, bb.grid), variant.transfer, progress=False)
 
 
-def run_ablations(suite, backbone: str, variants: Sequence[Variant], tasks: Sequence[str] | None = None,
+def _ablation_data(suite: Suite, backbone: str, tasks: Sequence[str], kinds: Sequence[str]) -> dict[str, tuple]:
+    """Per task: the first ``ablation_n_images`` evaluation images, region masks, heads, targets and
+    exact Shapley references (shared with notebook 03's cache)."""
+    ev, bb = suite.profile.eval, suite.backbone(backbone)
+    data = {}
+    for t in tasks:
+        task = suite.task(t)
+        idx = evaluation_indices(task.test, ev.n_fidelity, suite.seed)[: ev.ablation_n_images]
+        raw, _, masks = task.test.get(idx)
+        x = bb.normalize(raw.to(suite.device))
+        heads = [suite.head(backbone, t, k) for k in kinds]
+        with torch.no_grad():
+            emb = bb.embed_batched(x, ev.masked_batch_size)
+        targets = [h(emb).argmax(-1) for h in heads]
+        refs = cached_shapley_references(suite, backbone, t, x, heads, kinds, targets)
+        data[t] = (x, None if masks is None else masks.to(suite.device), heads, targets, refs)
+    return data
+
+
+class _TransferRows:
+    """``transfer_spearman`` rows: a variant's map against the exact window quantity at its radius
+    (computed once per task and radius)."""
+
+    def __init__(self, suite: Suite, backbone: str, data: dict[str, tuple]):
+        self.suite, self.backbone, self.data = suite, backbone, data
+        self.exact: dict[tuple[str, int], list[torch.Tensor]] = {}
+
+    def __call__(self, t: str, k: str, i: int, a: torch.Tensor, radius: int) -> pd.DataFrame:
+        from ..explainers.tve import window_occlusion
+
+        ev, bb = self.suite.profile.eval, self.suite.backbone(self.backbone)
+        x, _, heads, targets, _ = self.data[t]
+        n = min(ev.n_transfer, len(x))
+        if (t, radius) not in self.exact:
+            with torch.no_grad():
+                self.exact[(t, radius)] = [window_occlusion(bb, h, x[:n], tg[:n], radius, ev.masked_batch_size)
+                                           for h, tg in zip(heads, targets)]
+        sp = M.spearman(a[:n], self.exact[(t, radius)][i])
+        mean, lo, hi, m = M.bootstrap_ci(sp, ev.bootstrap, seed=self.suite.seed * 7919 + 101)
+        row = dict(backbone=self.backbone, task=t, head=k, method="tve", budget=0, metric="transfer_spearman",
+                   value=mean, ci_low=lo, ci_high=hi, n_images=m, seed=self.suite.seed)
+        return pd.DataFrame([row])[SUMMARY_COLUMNS]
+
+
+def run_ablations(suite: Suite, backbone: str, variants: Sequence[Variant], tasks: Sequence[str] | None = None,
                   kinds: Sequence[str] = HEAD_KINDS, progress: bool = True) -> pd.DataFrame:
     """Summary rows (the fidelity summary columns plus ``variant``, ``ablation``, ``seconds``) of
     every variant on ``ablation_n_images`` test images of each task and head.
@@ -129,39 +164,10 @@ def run_ablations(suite, backbone: str, variants: Sequence[Variant], tasks: Sequ
     each factor. ``seconds`` is the variant's pre-training (or loading) time.
     """
     ev = suite.profile.eval
-    tasks = list(tasks or suite.profile.tasks)
     bb = suite.backbone(backbone)
     say = print if progress else (lambda *a, **k: None)
-    data = {}
-    for t in tasks:
-        task = suite.task(t)
-        idx = evaluation_indices(task.test, ev.n_fidelity, suite.seed)[: ev.ablation_n_images]
-        raw, _, masks = task.test.get(idx)
-        x = bb.normalize(raw.to(suite.device))
-        heads = [suite.head(backbone, t, k) for k in kinds]
-        with torch.no_grad():
-            emb = bb.embed_batched(x, ev.masked_batch_size)
-        targets = [h(emb).argmax(-1) for h in heads]
-        refs = cached_shapley_references(suite, backbone, t, x, heads, kinds, targets)
-        data[t] = (x, None if masks is None else masks.to(suite.device), heads, targets, refs)
-
-    exact: dict[tuple[str, int], list[torch.Tensor]] = {}
-
-    def transfer_rows(t: str, k: str, i: int, a: torch.Tensor, radius: int) -> pd.DataFrame:
-        from .tve import window_occlusion
-
-        x, _, heads, targets, _ = data[t]
-        n = min(ev.n_transfer, len(x))
-        if (t, radius) not in exact:
-            with torch.no_grad():
-                exact[(t, radius)] = [window_occlusion(bb, h, x[:n], tg[:n], radius, ev.masked_batch_size)
-                                      for h, tg in zip(heads, targets)]
-        sp = M.spearman(a[:n], exact[(t, radius)][i])
-        mean, lo, hi, m = M.bootstrap_ci(sp, ev.bootstrap, seed=suite.seed * 7919 + 101)
-        row = dict(backbone=backbone, task=t, head=k, method="tve", budget=0, metric="transfer_spearman",
-                   value=mean, ci_low=lo, ci_high=hi, n_images=m, seed=suite.seed)
-        return pd.DataFrame([row])[SUMMARY_COLUMNS]
-
+    data = _ablation_data(suite, backbone, list(tasks or suite.profile.tasks), kinds)
+    transfer_rows = _TransferRows(suite, backbone, data)
     done: dict[str, pd.DataFrame] = {}
     rows = []
     for v in variants:

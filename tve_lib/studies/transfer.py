@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .data import ImageSet
-from .metrics import spearman, topk_overlap
-from .tve import TVE, all_window_embeddings, transfer_rule
+from ..data import ImageSet
+from ..explainers.tve import TVE, all_window_embeddings, transfer_rule
+from ..metrics import spearman, topk_overlap
 
 
 def pretrain_table(histories: dict[str, list[dict]]) -> pd.DataFrame:

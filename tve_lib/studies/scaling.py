@@ -17,16 +17,13 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from . import metrics as M
-from .config import TVEConfig
+from .. import metrics as M
+from ..config import TVEConfig
+from ..explainers.tve import all_window_embeddings, transfer_rule
+from ..heads import HEAD_KINDS
+from ..schema import SCALING_COLUMNS
 from .fidelity import evaluation_indices
-from .heads import HEAD_KINDS
 from .transfer import trivial_ratio
-from .tve import all_window_embeddings, transfer_rule
-
-SCALING_COLUMNS = ["backbone", "sampler", "arch", "n_images", "epochs", "windows_per_image", "steps",
-                   "targets_seen", "pretrain_seconds", "heldout_ratio", "transfer_spearman", "topk_overlap",
-                   "fid_plus_ratio_to_occlusion", "seed"]
 
 
 def budget_config(base: TVEConfig, **kw) -> TVEConfig:

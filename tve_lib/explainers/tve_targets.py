@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import Backbone
-from .data import ImageSet, content_digest
-from .io import CorruptCheckpoint, load_torch, save_torch, write_json
-from .masking import windows
+from ..backbones import Backbone
+from ..cache import UNUSABLE
+from ..data import ImageSet, content_digest
+from ..io import load_torch, save_torch, write_json
+from ..masking import windows
 
 
 @torch.no_grad()
@@ -93,7 +94,7 @@ class TargetStore:
             if not torch.equal(s["ids"], self.ids[lo:hi]):
                 raise KeyError("image ids differ")
             return s
-        except (CorruptCheckpoint, KeyError, TypeError) as e:
+        except UNUSABLE as e:
             print(f"warning: target shard {p} is unusable ({e}); computing it again")
             p.unlink()
             return None

@@ -1,0 +1,68 @@
+"""The report's tables: every CSV of `tve_lib.schema.TABLES` under ``results/<profile>``, and the row
+selections that figures and claims share (notebook 03's own rows, notebook 05's rows, throughput).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..schema import HEADS, PEER_METHODS, TABLES, throughput_frame
+
+
+class MissingData(LookupError):
+    """A figure or claim cannot be built: a CSV it needs is missing or lacks the rows."""
+
+
+def load_tables(root: str | Path, verbose: bool = True) -> dict[str, pd.DataFrame]:
+    """Every CSV of ``TABLES`` that exists and has rows under ``root`` (= results/<profile>)."""
+    root = Path(root)
+    out, missing = {}, []
+    for key, rel in TABLES.items():
+        p = root / rel
+        df = pd.read_csv(p) if p.exists() and p.stat().st_size > 0 else None
+        if df is None or df.empty:
+            missing.append(rel)
+        else:
+            out[key] = df
+    if verbose and missing:
+        print(f"note: not found under {root} (what needs them is skipped): {', '.join(missing)}")
+    return out
+
+
+def need(tables: dict[str, pd.DataFrame], *keys: str) -> list[pd.DataFrame]:
+    """The named tables, or `MissingData` naming the CSVs that are absent."""
+    absent = [TABLES.get(k, k) for k in keys if k not in tables]
+    if absent:
+        raise MissingData(f"{', '.join(absent)} missing")
+    return [tables[k] for k in keys]
+
+
+def _unset(df: pd.DataFrame, col: str) -> pd.Series:
+    """True where ``col`` is empty (everywhere when the column is absent)."""
+    if col not in df:
+        return pd.Series(True, index=df.index)
+    return df[col].isna() | (df[col].astype(str) == "")
+
+
+def main_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 03's rows of a summary (curves, per-image) table: the methods on the linear / MLP heads, without
+    the rows notebooks 05 (``selection`` set) and 06 (``lambda`` set, self-explaining heads) append."""
+    d = summary[summary["head"].isin(HEADS) & ~summary.method.isin(PEER_METHODS)
+                & _unset(summary, "selection") & _unset(summary, "lambda")]
+    keys = [c for c in ("backbone", "task", "head", "method", "budget", "metric", "sparsity", "image", "seed")
+            if c in d]
+    return d.drop_duplicates(keys, keep="last")
+
+
+def ltx_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 05's rows: every row with a ``selection`` (pLTX, LTX and the references it re-scores)."""
+    if "selection" not in summary:
+        return summary.iloc[:0]
+    return summary[~_unset(summary, "selection")]
+
+
+def _throughput(t: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    (tp,) = need(t, "throughput")
+    return throughput_frame(tp, threads=0)  # a written CSV has its threads
