@@ -44,8 +44,7 @@ def test_protocol_shape_device_and_batch_invariance(name):
         halves = explain_heads(e, x, hs, batch_size=1)
         for a, b in zip(full, halves):
             assert a.shape == (2, 8, 8) and a.device == x.device and torch.isfinite(a).all(), m
-            if m != "random":  # random draws per call by design
-                assert torch.allclose(a, b, atol=1e-5), f"{m} depends on the batch size"
+            assert torch.allclose(a, b, atol=1e-5), f"{m} depends on the batch size"
         if m in ("gradcam", "kernelshap"):  # explain() == the shared-work path
             assert torch.allclose(e.explain(x, hs[1]), full[1], atol=1e-5), m
         if m not in ("random", "rollout"):
@@ -192,3 +191,40 @@ def test_registry_capabilities_and_decorator():
         from tve_lib.explainers import registry
 
         registry._REGISTRY.pop("constant_test")
+
+
+def test_random_baseline_is_seeded_per_image():
+    """Regression: the random baseline reseeded on every call, so batches repeated each other's maps."""
+    bb = toy_backbone()
+    x = images(6)
+    e = make_explainer("random", bb, seed=3)
+    full = e.explain(x, linear_head())
+    chunked = explain_heads(e, x, [linear_head()], batch_size=3)[0]
+    assert torch.equal(full, chunked)
+    assert not torch.equal(full[3:], full[:3])  # images 3-5 no longer get the maps of images 0-2
+    assert torch.equal(full[4], e.explain(x[4:5], linear_head())[0])  # any position, any batch
+    assert not torch.equal(full, make_explainer("random", bb, seed=4).explain(x, linear_head()))
+
+
+def test_every_path_checks_the_head_against_the_embedding():
+    """Regression: a head of the wrong input size got torch's matmul error on several paths."""
+    from tve_lib.explainers.tve import window_occlusion
+    from tve_lib.metrics import perturbation_curves
+    from tve_lib.studies.fidelity import evaluate_maps
+
+    bb = toy_backbone()
+    wrong = make_head("linear", bb.embed_dim + 1, 3)
+    x = images(2)
+    a = torch.rand(2, bb.grid, bb.grid)
+    calls = {
+        "window_occlusion": lambda: window_occlusion(bb, wrong, x, torch.zeros(2, dtype=torch.long), 1),
+        "kernelshap": lambda: make_explainer("kernelshap", bb, budget=20).explain(x, wrong),
+        "lime": lambda: make_explainer("lime", bb, budget=20).explain(x, wrong),
+        "occlusion": lambda: make_explainer("occlusion", bb).explain(x, wrong),
+        "perturbation_curves": lambda: perturbation_curves(bb, wrong, x, a),
+        "evaluate_maps": lambda: evaluate_maps(bb, wrong, x, {"m": a}),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="head expects"):
+            call()
+            pytest.fail(f"{name} accepted a head of the wrong input size")

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import tiny_backbone
@@ -267,7 +268,6 @@ def test_standardized_probe_learns_badly_scaled_features(smoke):
 
 
 def test_upsert_csv_replaces_rows_by_key(tmp_path):
-    import pandas as pd
 
     p = tmp_path / "s.csv"
     upsert_csv(pd.DataFrame({"method": ["a", "b"], "v": [1, 2]}), p, ["method"])
@@ -293,3 +293,55 @@ def test_backbone_wrapper_validates_raw_images():
     assert bb.normalize(torch.rand(2, 1, 32, 32)).shape == (2, 3, 32, 32)
     assert isinstance(wrap(create_model(get_profile("smoke").backbone("vit"), 2), get_profile("smoke").backbone("vit"),
                            get_profile("smoke")), Backbone)
+
+
+def test_a_notebooks_rerun_replaces_only_its_own_summary_rows(tmp_path):
+    """Regression: rerunning notebook 03 alone deleted notebook 05's and 06's rows of fidelity/summary.csv."""
+    from tve_lib.schema import SUMMARY_KEYS
+
+    p = tmp_path / "summary.csv"
+    base = dict(backbone="vit", task="t", head="linear", budget=0, metric="fid_plus_auc", seed=0)
+    nb03 = pd.DataFrame([base | dict(method=m, value=v) for m, v in (("tve", 0.5), ("occlusion", 0.6))])
+    nb05 = pd.DataFrame([base | dict(method=m, selection=s, value=v)
+                         for m, s, v in (("tve", "none", 0.4), ("ltx", "loss", 0.7))])
+    nb06 = pd.DataFrame([base | dict(method="xvec", head="self_explaining", value=0.3, **{"lambda": 1.0}),
+                         base | dict(method="tve", value=0.45, **{"lambda": 1.0})])
+    for rows in (nb03, nb05, nb06):
+        upsert_csv(rows, p, SUMMARY_KEYS)
+    before = pd.read_csv(p)
+    after = upsert_csv(nb03.assign(value=[0.55, 0.65]), p, SUMMARY_KEYS)  # notebook 03 alone, again
+    assert len(after) == len(before) == 6
+    others = before[before.selection.notna() | before["lambda"].notna()]
+    kept = pd.read_csv(p)
+    kept = kept[kept.selection.notna() | kept["lambda"].notna()]
+    pd.testing.assert_frame_equal(others.reset_index(drop=True), kept.reset_index(drop=True))
+    assert sorted(pd.read_csv(p).query("selection != selection and `lambda` != `lambda`").value) == [0.55, 0.65]
+
+
+def test_bad_input_at_every_entry_point_a_notebook_calls(tmp_path):
+    """A user's value is checked before any work: task, folder, backbone, head kind, method, budget, images."""
+    s = Suite("smoke", results_dir=str(tmp_path), device="cpu")
+    bb = tiny_backbone("vit")
+    with pytest.raises(KeyError, match="unknown task 'nope'"):
+        s.task("nope")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        s.task(f"folder:{tmp_path / 'missing'}")
+    with pytest.raises(KeyError, match="unknown backbone 'resnet'"):
+        s.backbone("resnet")
+    with pytest.raises(KeyError, match="unknown head kind 'svm'"):
+        s.head("vit", "fashion_binary", "svm")
+    with pytest.raises(KeyError, match="unknown explainer 'shap'"):
+        s.make_explainer("shap", "vit")
+    from tve_lib.explainers import make_explainer
+
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="budget must be a whole number"):
+            make_explainer("kernelshap", bb, budget=bad)
+    with pytest.raises(ValueError, match="expected raw images"):
+        bb.normalize(torch.rand(2, 4, 32, 32))
+    with pytest.raises(ValueError, match="expected 32x32 images"):
+        bb.normalize(torch.rand(2, 3, 28, 28))
+    x = bb.normalize(torch.rand(2, 1, 32, 32))
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        make_explainer("random", bb).explain(x, make_head("linear", bb.embed_dim, 2))

@@ -16,9 +16,10 @@ Sources (offline first):
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Profile
+from .imagefolder import FolderScan, load_image, scan_imagefolder
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
@@ -109,6 +111,12 @@ class SubsetImageSet(ImageSet):
     def get(self, idx):
         return self.base.get(self.idx[torch.as_tensor(idx, dtype=torch.long)])
 
+    @property
+    def fingerprint(self) -> str | None:
+        """The base set's fingerprint and this subset's indices (None when the base has none)."""
+        fp = getattr(self.base, "fingerprint", None)
+        return None if fp is None else fp + hashlib.sha1(self.idx.numpy().tobytes()).hexdigest()[:8]
+
 
 class VisionDatasetImageSet(ImageSet):
     """A torchvision dataset (PIL images) resized and centre-cropped to ``size`` on access."""
@@ -140,6 +148,26 @@ class VisionDatasetImageSet(ImageSet):
         return torch.stack(imgs), self._labels[idx], None
 
 
+class FolderImageSet(ImageSet):
+    """The readable images of a validated ImageFolder (`tve_lib.imagefolder.scan_imagefolder`)."""
+
+    def __init__(self, name: str, scan: FolderScan, size: int):
+        self.name, self.classes, self.files, self.size = name, scan.classes, scan.files, size
+        self._labels = torch.as_tensor(scan.labels, dtype=torch.long)
+        self.fingerprint = scan.fingerprint  # what caches of this set are keyed on (not its path)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._labels
+
+    def get(self, idx):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return torch.stack([load_image(self.files[i], self.size) for i in idx.tolist()]), self._labels[idx], None
+
+
 @dataclass
 class Task:
     """A downstream task: train and test splits of one label space."""
@@ -148,6 +176,7 @@ class Task:
     train: ImageSet
     test: ImageSet
     classes: list[str]
+    skipped: list[dict] = field(default_factory=list)  # unreadable files of a folder task, with the reason
 
     @property
     def num_classes(self) -> int:
@@ -243,7 +272,8 @@ def load_upstream(profile: Profile, data_dir: str | Path | None = None) -> tuple
         full = TensorImageSet("fashion_mnist", _fit(_to_float(x), profile.img_size), y,
                               FASHION_CLASSES)
     elif profile.upstream == "imagefolder":
-        full = _imagefolder("upstream", _upstream_folder(data_dir), profile.img_size)
+        # ImageNet's 1.28 M files: extensions and hidden folders only, no per-file decode check
+        full = _imagefolder("upstream", _upstream_folder(data_dir), profile.img_size, check=False)
     else:
         raise KeyError(f"unknown upstream set {profile.upstream!r}")
     n_val = min(profile.n_upstream_val, len(full) // 5)
@@ -270,18 +300,13 @@ def _upstream_folder(data_dir: str | Path | None) -> Path:
         f"(or Imagenette train at {base}/imagenette/train, or any ImageFolder at {base}/upstream).")
 
 
-def _imagefolder(name: str, root: Path, size: int) -> ImageSet:
-    from torchvision.datasets import ImageFolder
-
-    if not Path(root).is_dir():
-        raise FileNotFoundError(f"{name}: folder {root} does not exist (expected an ImageFolder: "
-                                "one sub-folder of images per class)")
-    try:
-        ds = ImageFolder(str(root))
-    except (FileNotFoundError, RuntimeError) as e:
-        raise FileNotFoundError(f"{name}: {root} is not a usable ImageFolder ({e}); expected one "
-                                "sub-folder per class containing .png/.jpg images") from None
-    return VisionDatasetImageSet(name, ds, ds.targets, list(ds.classes), size)
+def _imagefolder(name: str, root: Path, size: int, cache_dir: Path | None = None,
+                 check: bool = True) -> FolderImageSet:
+    """A validated ImageFolder (unreadable files skipped and listed on ``.skipped``)."""
+    scan = scan_imagefolder(root, cache_dir, check)
+    ds = FolderImageSet(name, scan, size)
+    ds.skipped = scan.skipped
+    return ds
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -394,27 +419,40 @@ def make_paper_task(name: str, profile: Profile, data_dir=None, seed: int = 0) -
                 VisionDatasetImageSet(name, te, yte, classes, profile.img_size), classes)
 
 
-def make_folder_task(path: str | Path, profile: Profile, seed: int = 0) -> Task:
-    """A user ImageFolder: ``path/train`` + ``path/test``, or one folder split 70/30 by ``seed``."""
+def make_folder_task(path: str | Path, profile: Profile, seed: int = 0, cache_dir: Path | None = None) -> Task:
+    """A user ImageFolder: ``path/train`` + ``path/test``, or one folder split 70/30 by ``seed``.
+
+    Named ``folder:<folder name>@<fingerprint>`` (portable: the same images give the same name and
+    the same CSVs from any checkout); ``Task.skipped`` lists the unreadable files left out.
+    """
     path = Path(path)
-    name = f"folder:{path}"
     if (path / "train").is_dir() and (path / "test").is_dir():
-        tr = _imagefolder(name, path / "train", profile.img_size)
-        te = _imagefolder(name, path / "test", profile.img_size)
-        return Task(name, tr, te, tr.classes)
-    full = _imagefolder(name, path, profile.img_size)
+        tr = _imagefolder("folder", path / "train", profile.img_size, cache_dir)
+        te = _imagefolder("folder", path / "test", profile.img_size, cache_dir)
+        if tr.classes != te.classes:
+            raise ValueError(f"{path}: train/ has classes {tr.classes} but test/ has {te.classes}")
+        name = f"folder:{path.name}@{hashlib.sha1((tr.fingerprint + te.fingerprint).encode()).hexdigest()[:8]}"
+        skipped = [dict(s, file=f"train/{s['file']}") for s in tr.skipped] + \
+                  [dict(s, file=f"test/{s['file']}") for s in te.skipped]
+        for ds in (tr, te):
+            ds.name = name
+        return Task(name, tr, te, tr.classes, skipped)
+    full = _imagefolder("folder", path, profile.img_size, cache_dir)
+    full.name = name = f"folder:{path.name}@{full.fingerprint[:8]}"
     a, b = _split(len(full), int(0.7 * len(full)), np.random.default_rng(seed))
-    return Task(name, full.subset(a), full.subset(b), full.classes)
+    return Task(name, full.subset(a), full.subset(b), full.classes, full.skipped)
 
 
 TASKS = {"fashion_binary": make_fashion_binary, "digits": make_digits,
          "fashion_mosaic": make_fashion_mosaic}
 
 
-def load_task(name: str, profile: Profile, data_dir: str | Path | None = None, seed: int = 0) -> Task:
-    """A downstream task by name: a cpu task, a paper task, or ``folder:/path``."""
+def load_task(name: str, profile: Profile, data_dir: str | Path | None = None, seed: int = 0,
+              cache_dir: Path | None = None) -> Task:
+    """A downstream task by name: a cpu task, a paper task, or ``folder:/path`` (its file checks
+    cached in ``cache_dir``)."""
     if name.startswith("folder:"):
-        return make_folder_task(os.path.expanduser(name[len("folder:"):]), profile, seed)
+        return make_folder_task(os.path.expanduser(name[len("folder:"):]), profile, seed, cache_dir)
     if name in TASKS:
         return TASKS[name](profile, data_dir, seed)
     if name in PAPER_HINTS:
@@ -424,12 +462,18 @@ def load_task(name: str, profile: Profile, data_dir: str | Path | None = None, s
 
 
 def content_digest(ds: ImageSet, n: int = 16) -> str:
-    """A short hash of a set's size, labels and first ``n`` images: cache keys change with the data."""
-    import hashlib
+    """A short hash of a set's size, labels and first ``n`` images: cache keys change with the data.
 
-    x, _, m = ds.get(torch.arange(min(n, len(ds))))
+    A folder's images are hashed through its fingerprint (paths relative to the folder, sizes,
+    modification times), which covers every image, not only the first ``n``.
+    """
     h = hashlib.sha1(str(len(ds)).encode())
     h.update(ds.labels.numpy().tobytes())
+    fp = getattr(ds, "fingerprint", None)
+    if fp is not None:
+        h.update(fp.encode())
+        return h.hexdigest()[:8]
+    x, _, m = ds.get(torch.arange(min(n, len(ds))))
     h.update(x.numpy().tobytes())
     if m is not None:
         h.update(m.numpy().tobytes())

@@ -41,6 +41,16 @@ def check_head(head: nn.Module, embed_dim: int) -> None:
                          f"{embed_dim}-dim: train the head on this backbone's embeddings")
 
 
+def head_logits(head: nn.Module, emb: torch.Tensor) -> torch.Tensor:
+    """``head(emb)``, after checking that the embedding's width is the head's input size: the one place
+    where a head meets an embedding, so a mismatch names both sizes instead of a matmul error."""
+    d = head_in_features(head)
+    if emb.shape[-1] != d:
+        raise ValueError(f"head expects {d}-dim inputs but got {emb.shape[-1]}-dim embeddings: train the head "
+                         "on this backbone's embeddings")
+    return head(emb)
+
+
 def last_linear(head: nn.Module) -> nn.Linear:
     """The head's last Linear layer (what the official TVE code applies)."""
     lin = [m for m in head.modules() if isinstance(m, nn.Linear)]
@@ -102,4 +112,4 @@ def train_head(emb: torch.Tensor, labels: torch.Tensor, kind: str, num_classes: 
 
 @torch.no_grad()
 def head_accuracy(head: nn.Module, emb: torch.Tensor, labels: torch.Tensor) -> float:
-    return (head(emb).argmax(1) == labels).float().mean().item()
+    return (head_logits(head, emb).argmax(1) == labels).float().mean().item()

@@ -63,20 +63,25 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
+def _key_strings(df: pd.DataFrame, keys: list[str]) -> list[tuple[str, ...]]:
+    """Row keys as strings, an empty cell ("" , NaN, NA, or a missing column) as ""."""
+    k = pd.DataFrame({c: df[c] if c in df else pd.Series(pd.NA, index=df.index, dtype=object) for c in keys})
+    k = k.astype(object).where(k.notna(), "")
+    return list(map(tuple, k.astype(str).values.tolist()))
+
+
 def upsert_csv(df: pd.DataFrame, path: str | Path, keys: list[str]) -> pd.DataFrame:
     """Merge ``df`` into the CSV at ``path``: rows sharing ``keys`` values with ``df`` are replaced.
 
     Lets several notebooks append their methods to one shared CSV (e.g. fidelity/summary.csv)
-    and lets a rerun replace its own rows instead of duplicating them.
+    and lets a rerun replace its own rows instead of duplicating them. A key column that a frame
+    lacks counts as empty, so rows that leave it empty never replace rows that set it.
     """
     path = Path(path)
     if path.exists():
         old = pd.read_csv(path)
-        for k in keys:
-            if k not in old.columns:
-                old[k] = pd.NA
-        new_keys = set(map(tuple, df[keys].astype(str).values.tolist()))
-        keep = [tuple(r) not in new_keys for r in old[keys].astype(str).values.tolist()]
+        new_keys = set(_key_strings(df, keys))
+        keep = [k not in new_keys for k in _key_strings(old, keys)]
         df = pd.concat([old[keep], df], ignore_index=True)
     write_csv(df, path)
     return df

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone
+from .heads import head_logits
 from .masking import top_k_mask
 from .schema import AUC_NAMES, CURVE_METRICS, DIRECTION  # noqa: F401  (the summary.csv vocabulary)
 
@@ -102,14 +103,14 @@ def masked_embeddings(backbone: Backbone, x: torch.Tensor, keep: torch.Tensor,
 
 def class_prob(head: nn.Module, emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Softmax probability of ``target[b]`` from embeddings ``[B, ..., D]`` -> ``[B, ...]``."""
-    logits = head(emb)
+    logits = head_logits(head, emb)
     idx = target.view(-1, *([1] * (logits.ndim - 1))).expand(*logits.shape[:-1], 1)
     return F.softmax(logits.float(), -1).gather(-1, idx).squeeze(-1)
 
 
 def class_hit(head: nn.Module, emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1.0 where the head's top-1 class on ``emb [B, ..., D]`` equals ``target[b]``, else 0.0."""
-    pred = head(emb).argmax(-1)
+    pred = head_logits(head, emb).argmax(-1)
     return (pred == target.view(-1, *([1] * (pred.ndim - 1)))).float()
 
 
@@ -190,7 +191,7 @@ def perturbation_curves(backbone: Backbone, head: nn.Module, images: torch.Tenso
     grids = {k: v for k, v in curve_grids(sparsities, perturbation_steps, deletion_steps).items() if k in which}
     emb_full = backbone.embed_batched(images, batch_size)
     if target is None:
-        target = head(emb_full).argmax(-1)
+        target = head_logits(head, emb_full).argmax(-1)
     target = torch.as_tensor(target, device=images.device).long().expand(len(images))
     p_full, hit_full = class_prob(head, emb_full, target), class_hit(head, emb_full, target)
     empty = torch.zeros(1, 1, p, dtype=torch.bool, device=images.device)

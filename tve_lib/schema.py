@@ -33,11 +33,15 @@ TABLES = {
 CURVE_COLUMNS = ["backbone", "task", "head", "method", "budget", "metric", "sparsity", "value", "n_images", "seed"]
 SUMMARY_COLUMNS = ["backbone", "task", "head", "method", "budget", "metric", "value", "ci_low", "ci_high",
                    "n_images", "seed"]
-CURVE_KEYS = ["backbone", "task", "head", "method", "budget", "metric", "sparsity", "seed"]
-SUMMARY_KEYS = ["backbone", "task", "head", "method", "budget", "metric", "seed"]
+#: the keys that identify a row (`tve_lib.io.upsert_csv`). ``selection`` (notebook 05's LTX step selection)
+#: and ``lambda`` (notebook 06's vector scale) are empty on notebook 03's rows: each notebook that shares
+#: these tables replaces only its own rows
+ROW_SCOPE = ["selection", "lambda"]
+CURVE_KEYS = ["backbone", "task", "head", "method", "budget", "metric", "sparsity", "seed", *ROW_SCOPE]
+SUMMARY_KEYS = ["backbone", "task", "head", "method", "budget", "metric", "seed", *ROW_SCOPE]
 #: per-image values kept for paired comparisons (``fidelity/per_image.csv``)
 PER_IMAGE_METRICS = ("fid_plus_auc", "fid_minus_auc")
-PER_IMAGE_KEYS = ["backbone", "task", "head", "method", "budget", "metric", "image", "seed"]
+PER_IMAGE_KEYS = ["backbone", "task", "head", "method", "budget", "metric", "image", "seed", *ROW_SCOPE]
 
 CURVE_METRICS = ("fid_plus", "fid_minus", "pos", "neg", "deletion", "insertion")
 #: summary metric name of each curve's AUC; the summary.csv contract
@@ -98,7 +102,6 @@ SELECTIONS = ("loss", "test_metric")  # LTX's step selections (the selection col
 SWEEP_COLUMNS = ["task", "backbone", "lambda", "metric", "value", "seed"]
 SWEEP_EXTRA = ["split", "ci_low", "ci_high", "n_images"]
 SELF_HEAD = "self_explaining"  # `head` of rows that score a self-explaining model (its own linear head)
-XVEC_SUMMARY_KEYS = [*SUMMARY_KEYS, "lambda"]
 #: display names of the four trainings, keyed by (kind, on the source); the ``model`` column of training.csv
 MODEL_NAMES = {("pred", True): "(a) source pred-only", ("expl", True): "(b) source pred+expl",
                ("pred", False): "(c) target pred-only", ("expl", False): "(d) target pred+expl"}

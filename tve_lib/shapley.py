@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .heads import head_logits
+
 
 # ----------------------------------------------------------------------------- players
 def player_groups(grid: int, shape: tuple[int, int]) -> torch.Tensor:
@@ -197,7 +199,7 @@ def shapley_references(backbone, heads: list, images: torch.Tensor, groups: torc
     targets = targets or [None] * len(heads)
     out = []
     for h, t in zip(heads, targets):
-        t = h(emb[:, -1]).argmax(-1) if t is None else torch.as_tensor(t, device=images.device).long().expand(
-            len(images))
+        t = (head_logits(h, emb[:, -1]).argmax(-1) if t is None
+             else torch.as_tensor(t, device=images.device).long().expand(len(images)))
         out.append(ShapleyReference(exact_shapley(class_prob(h, emb, t)), groups.to(images.device), topk_frac))
     return out

@@ -133,7 +133,7 @@ comparison = pd.concat(frames, ignore_index=True)
 write_csv(comparison, suite.path("xvec", "comparison.csv"))
 own = comparison[(comparison["head"] == schema.SELF_HEAD) & (comparison.metric != "accuracy")
                  & (comparison.metric != "fid_gap")]
-upsert_csv(own[SUMMARY_COLUMNS + ["lambda"]], suite.path("fidelity", "summary.csv"), schema.XVEC_SUMMARY_KEYS)
+upsert_csv(own[SUMMARY_COLUMNS + ["lambda"]], suite.path("fidelity", "summary.csv"), schema.SUMMARY_KEYS)
 display(comparison.pivot_table(index=["backbone", "task", "label"], columns="metric", values="value")
         [["accuracy", "fid_plus_auc", "fid_minus_auc", "insertion_auc", "deletion_auc", "shapley_spearman"]])
 

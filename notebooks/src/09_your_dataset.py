@@ -21,8 +21,12 @@
 # less-related domain, the handwritten digits in cpu/smoke), so this walkthrough is always tested.
 #
 # Results go to `results/<profile>/yourdata/` (`summary.csv`, `curves.csv`) and `figures/09_*`.
-# Note: heads and embeddings are cached by the folder's path; if you change the images in a folder, delete
-# its `head_*` and `emb_*` files under `checkpoints/` (or use a new folder name).
+# The folder is checked once, up front: unreadable files (empty, truncated, not images) are skipped and listed
+# in `results/<profile>/data/skipped_*.csv`, hidden folders such as `.ipynb_checkpoints/` are ignored, and a
+# class without a readable image is an error naming it. Heads and embeddings are cached by the folder's
+# **fingerprint** (every image's relative path, size and modification time): change, add or remove an image and
+# they are recomputed; the same images at another path reuse them. In the CSVs the task is named
+# `folder:<folder name>@<fingerprint>`; the full path is only in `yourdata/run.json`.
 
 # %% tags=["parameters"]
 PROFILE = "cpu"
@@ -58,7 +62,8 @@ suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 ev = suite.profile.eval
 task_name = TASK or "folder:" + str(demo_imagefolder(suite, suite.path("yourdata", "imagefolder")).resolve())
 task = suite.task(task_name)
-print(f"task {task_name}: classes {task.classes}; {len(task.train)} train and {len(task.test)} test images")
+print(f"task {task.name}: classes {task.classes}; {len(task.train)} train and {len(task.test)} test images"
+      + (f"; {len(task.skipped)} unreadable files skipped (data/skipped_*.csv)" if task.skipped else ""))
 
 # %%
 fig = sample_grid({"your data (test)": task.test}, n=6)
@@ -103,7 +108,7 @@ display(pd.DataFrame([{"method": m, "budget": b, "ms_per_image": 1000 * s / n} f
 # insertion (↑) the probability of the predicted class. Intervals are 95 % bootstrap intervals over images.
 
 # %%
-meta = {"backbone": BACKBONE, "task": task_name, "head": HEAD}
+meta = {"backbone": BACKBONE, "task": task.name, "head": HEAD}  # portable: folder name @ fingerprint
 scored = [evaluate_maps(bb, head, x, {m: a}, masks=masks, cfg=ev, budget=b, meta=meta, seed=SEED)
           for (m, b), a in maps.items()]
 curves, summary = concat([c for c, _ in scored]), concat([s for _, s in scored])
@@ -133,7 +138,7 @@ display(agree)
 k = min(ev.n_gallery, n)
 fig = attribution_gallery(raw[:k], {f"{m}-{b}" if b else m: a[:k].cpu() for (m, b), a in maps.items()},
                           None if masks is None else masks[:k], titles=[task.classes[i] for i in labels[:k]])
-fig.suptitle(f"{BACKBONE} · {task_name}", y=1.02)
+fig.suptitle(f"{BACKBONE} · {task.name}", y=1.02)
 savefig(fig, suite.path("figures", "09_gallery"))
 suite.write_run_json("yourdata", {"PROFILE": PROFILE, "SEED": SEED, "TASK": task_name, "BACKBONE": BACKBONE,
                                   "HEAD": HEAD, "notebook": "09_your_dataset"})

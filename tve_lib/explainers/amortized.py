@@ -24,6 +24,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..config import EvalConfig
+from ..heads import head_logits
 from ..metrics import auc, masked_embeddings, perturbation_curves
 from ..shapley import kernel_coalitions
 from .base import Explainer
@@ -67,7 +68,7 @@ def efficient(phi: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor) -> torch.Te
 
 
 def _probs(head: nn.Module, emb: torch.Tensor) -> torch.Tensor:
-    return F.softmax(head(emb).float(), -1)
+    return F.softmax(head_logits(head, emb).float(), -1)
 
 
 @register_explainer

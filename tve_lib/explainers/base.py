@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
-from ..heads import check_head
+from ..heads import check_head, head_logits
 
 
 class Explainer:
@@ -48,7 +48,7 @@ class Explainer:
 
     def model_fn(self, head: nn.Module):
         """``f = h ∘ g`` as a callable on normalised images, returning logits."""
-        return lambda x: head(self.backbone.embed(x))
+        return lambda x: head_logits(head, self.backbone.embed(x))
 
     @torch.no_grad()
     def resolve_target(self, images: torch.Tensor, head: nn.Module,

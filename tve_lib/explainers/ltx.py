@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from ..backbones import Backbone, token_grid
 from ..config import EvalConfig, LTXConfig
 from ..data import ImageSet, iter_batches
+from ..heads import head_logits
 from ..masking import apply_mask
 from ..schema import SELECTIONS
 from .base import Explainer
@@ -128,7 +129,7 @@ def apply_soft_mask(backbone: Backbone, x: torch.Tensor, mask: torch.Tensor,
 def ltx_loss(backbone: Backbone, head: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor,
              cfg: LTXConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image ``(loss, ce, penalty)``, each ``[B]``: ``CE(f(x ⊙ m), y) + λ·penalty(m)``."""
-    logits = head(backbone.embed(apply_soft_mask(backbone, x, mask, cfg.upsample)))
+    logits = head_logits(head, backbone.embed(apply_soft_mask(backbone, x, mask, cfg.upsample)))
     ce = F.cross_entropy(logits, y, reduction="none")
     m = mask.flatten(1)
     if cfg.mask_penalty == "mean":
@@ -145,7 +146,7 @@ def training_targets(backbone: Backbone, head: nn.Module, x: torch.Tensor, label
                      mode: str) -> torch.Tensor:
     """The CE target: the class predicted on the full image, or the label ("target" mode)."""
     if mode == "predicted":
-        return head(backbone.embed(x)).argmax(-1)
+        return head_logits(head, backbone.embed(x)).argmax(-1)
     if mode == "target":
         if labels is None:
             raise ValueError("LTX mode 'target' needs the ground-truth labels")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
+from ..heads import head_logits
 from ..metrics import class_prob, masked_embeddings
 from ..shapley import expand_groups, kernel_coalitions, kernel_shap, lime, lime_coalitions
 from .base import Explainer
@@ -32,6 +33,9 @@ class _Sampler(Explainer):
     def __init__(self, backbone: Backbone, budget: int, seed: int = 0, groups: torch.Tensor | None = None,
                  batch_size: int = 256, max_embeddings: int = 65536):
         super().__init__(backbone)
+        if isinstance(budget, bool) or not float(budget).is_integer() or int(budget) < 1:
+            raise ValueError(f"{self.name}: budget must be a whole number of model calls per image >= 1, "
+                             f"got {budget!r}")
         self.budget, self.seed, self.batch_size = int(budget), seed, batch_size
         self.groups = groups
         self.max_embeddings = max_embeddings  # bounds memory: images per chunk × samples
@@ -68,7 +72,7 @@ class _Sampler(Explainer):
             e01 = masked_embeddings(self.backbone, x, edge, self.batch_size) if self.edges else None
             e_full = e01[:, 1] if self.edges else emb[:, 0]
             for j, (h, t) in enumerate(zip(heads, targets)):
-                t = h(e_full).argmax(-1) if t is None else self.resolve_target(x, h, t)
+                t = head_logits(h, e_full).argmax(-1) if t is None else self.resolve_target(x, h, t)
                 v = class_prob(h, emb, t)
                 v0 = class_prob(h, e01[:, 0], t) if self.edges else None
                 out[j].append(self._to_map(self.solve(z, v, v0, class_prob(h, e_full, t))))

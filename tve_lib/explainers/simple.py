@@ -13,13 +13,18 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..masking import default_radius
+from ..seeds import image_seeds
 from .base import Explainer
 from .registry import register_explainer
 
 
 @register_explainer
 class Random(Explainer):
-    """Uniform random maps; each call draws from a generator seeded with ``seed`` (deterministic)."""
+    """Uniform random maps, one generator per image seeded from ``seed`` and the image itself.
+
+    Deterministic, and the map of an image does not depend on the batch it is explained in (a
+    generator per call would give images 3–5 of a second batch the maps of images 0–2).
+    """
 
     name = "random"
 
@@ -30,8 +35,8 @@ class Random(Explainer):
     def explain(self, images: torch.Tensor, head: nn.Module,
                 target: torch.Tensor | int | None = None) -> torch.Tensor:
         self.backbone.check_input(images)
-        g = torch.Generator().manual_seed(self.seed)
-        return torch.rand(len(images), self.grid, self.grid, generator=g).to(images.device)
+        return torch.stack([torch.rand(self.grid, self.grid, generator=torch.Generator().manual_seed(s))
+                            for s in image_seeds(images, self.seed)]).to(images.device)
 
 
 @register_explainer

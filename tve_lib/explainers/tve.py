@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
-from ..heads import check_head, last_linear
+from ..heads import check_head, head_logits, last_linear
 from ..masking import pool_map
 from .base import Explainer
 from .registry import register_explainer
@@ -33,15 +33,16 @@ def transfer_rule(phi_keep: torch.Tensor, phi_remove: torch.Tensor, head: nn.Mod
                   target: torch.Tensor, lam_plus: float = 1.0, lam_minus: float = 1.0) -> torch.Tensor:
     """``a_i = λ⁺ h_y(Φ⁺_i) − λ⁻ h_y(Φ⁻_i)`` for ``Φ`` of shape ``[B, P, D]``; returns ``[B, P]``."""
     idx = target.view(-1, 1, 1).expand(-1, phi_keep.shape[1], 1)
-    a = lam_plus * head(phi_keep).gather(-1, idx).squeeze(-1)
+    a = lam_plus * head_logits(head, phi_keep).gather(-1, idx).squeeze(-1)
     if lam_minus:
-        a = a - lam_minus * head(phi_remove).gather(-1, idx).squeeze(-1)
+        a = a - lam_minus * head_logits(head, phi_remove).gather(-1, idx).squeeze(-1)
     return a
 
 
 def window_occlusion(backbone: Backbone, head: nn.Module, x: torch.Tensor, target: torch.Tensor,
                      radius: int, chunk: int = 1024) -> torch.Tensor:
     """The exact quantity TVE amortises, ``f_y(x⊙W_i) − f_y(x⊙(1−W_i))``, as ``[B, G, G]``."""
+    check_head(head, backbone.embed_dim)  # before the 2·G² backbone calls
     ek, er = all_window_embeddings(backbone, x, radius, chunk)
     g = backbone.grid
     return transfer_rule(ek, er, head, target).view(len(x), g, g)
@@ -84,7 +85,7 @@ class TVE(Explainer):
         g, out = self.grid, []
         for head, t in zip(heads, targets):
             check_head(head, self.backbone.embed_dim)
-            t = head(emb).argmax(-1) if t is None else self.resolve_target(images, head, t)
+            t = head_logits(head, emb).argmax(-1) if t is None else self.resolve_target(images, head, t)
             h = last_linear(head) if self.last_layer_only else head
             if self.last_layer_only and h.in_features != phi_k.shape[-1]:
                 raise ValueError(f"last_layer_only: the head's last layer takes {h.in_features} inputs, "

@@ -57,23 +57,29 @@ def amortisation_ceiling(per_image: pd.DataFrame, metric: str = "fid_plus_auc",
 
     TVE amortises exact window occlusion (docs/method.md §1: ``f(x⊙W_i) − f(x⊙(1−W_i))``), so its
     Fidelity⁺ AUC is bounded, up to amortisation error, by that of ``target``. Per backbone × task ×
-    head (paired on common images): ``tve_over_target`` (how well TVE amortises its target),
-    ``target_over_best`` (how good the target quantity itself is against the best other method,
-    ``best_method``), and their product ``tve_over_best``.
+    head, all three on the SAME images (those TVE, the target and ``best_method`` share: a sampling
+    method at a large budget runs on a subset), so ``tve_over_best = tve_over_target ×
+    target_over_best`` is TVE / best on those images: ``tve_over_target`` (how well TVE amortises
+    its target), ``target_over_best`` (how good the target quantity itself is against the best
+    other method).
     """
     rows = []
     for (b, t, h), by in _settings(per_image, metric):
         if "tve" not in by or target not in by:
             continue
-        mt, mo, n = _paired_means(by["tve"], by[target])
-        best_lab, best_ratio = None, float("inf")
+        best = None  # (target / method, method, images common to TVE, the target and the method)
         for lab, vm in by.items():
             if lab in ("tve", target):
                 continue
-            mo_c, mm, _ = _paired_means(by[target], vm)
-            r = mo_c / mm if mm != 0 else float("nan")
-            if r < best_ratio:
-                best_lab, best_ratio = lab, r
-        rows.append(dict(backbone=b, task=t, head=h, tve_over_target=mt / mo, best_method=best_lab,
-                         target_over_best=best_ratio, tve_over_best=mt / mo * best_ratio, n_images=n))
+            common = by["tve"].index.intersection(by[target].index).intersection(vm.index)
+            mo, mm = by[target].loc[common].mean(), vm.loc[common].mean()
+            r = mo / mm if mm != 0 else float("nan")
+            if best is None or r < best[0]:
+                best = (r, lab, common)
+        if best is None:
+            continue
+        r, lab, common = best
+        mt, mo = by["tve"].loc[common].mean(), by[target].loc[common].mean()
+        rows.append(dict(backbone=b, task=t, head=h, tve_over_target=mt / mo, best_method=lab,
+                         target_over_best=r, tve_over_best=mt / mo * r, n_images=len(common)))
     return pd.DataFrame(rows)

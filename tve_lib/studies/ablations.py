@@ -27,7 +27,7 @@ import torch
 from .. import metrics as M
 from ..cache import digest
 from ..config import Profile, TVEConfig
-from ..heads import HEAD_KINDS
+from ..heads import HEAD_KINDS, head_logits
 from ..masking import default_radius
 from ..schema import SUMMARY_COLUMNS
 from .fidelity import cached_shapley_references, concat, evaluate_maps, evaluation_indices
@@ -119,7 +119,7 @@ def _ablation_data(suite: Suite, backbone: str, tasks: Sequence[str], kinds: Seq
         heads = [suite.head(backbone, t, k) for k in kinds]
         with torch.no_grad():
             emb = bb.embed_batched(x, ev.masked_batch_size)
-        targets = [h(emb).argmax(-1) for h in heads]
+        targets = [head_logits(h, emb).argmax(-1) for h in heads]
         refs = cached_shapley_references(suite, backbone, t, x, heads, kinds, targets)
         data[t] = (x, None if masks is None else masks.to(suite.device), heads, targets, refs)
     return data

@@ -31,6 +31,7 @@ import torch
 
 from ..explainers import EXPLAINERS, explainer_class, supports
 from ..gallery import normalize_map, outline, show_image, upsample_map
+from ..heads import head_logits
 from ..metrics import class_prob, masked_embeddings, ranked_keep
 
 BASELINES = tuple(m for m in EXPLAINERS if m != "tve")
@@ -174,7 +175,7 @@ class Explorer:
         head = self.suite.head(sel.backbone, sel.task, sel.head)
         raw, label, region = self._image(sel)
         x = bb.normalize(raw.to(self.suite.device))
-        probs = torch.softmax(head(bb.embed(x)).float(), -1)[0]
+        probs = torch.softmax(head_logits(head, bb.embed(x)).float(), -1)[0]
         pred = int(probs.argmax())
         target = torch.tensor([pred], device=x.device)
         classes = self.suite.task(sel.task).classes

@@ -33,7 +33,7 @@ from ..cache import cached, digest, file_safe
 from ..config import EvalConfig
 from ..data import ImageSet
 from ..explainers import EXPLAINERS, explain_heads, explainer_class, supports
-from ..heads import HEAD_KINDS
+from ..heads import HEAD_KINDS, head_logits
 from ..schema import CURVE_COLUMNS, PER_IMAGE_METRICS, SUMMARY_COLUMNS, method_label
 from ..shapley import ShapleyReference, group_sum, player_groups, shapley_references
 from .fastshap import obtain_amortized
@@ -85,7 +85,7 @@ def evaluate_maps(backbone: Backbone, head: nn.Module, images: torch.Tensor,
     cfg = cfg or EvalConfig()
     meta = dict(meta or {})
     if target is None:
-        target = head(backbone.embed_batched(images, cfg.masked_batch_size)).argmax(-1)
+        target = head_logits(head, backbone.embed_batched(images, cfg.masked_batch_size)).argmax(-1)
     target = torch.as_tensor(target, device=images.device).long().expand(len(images))
     if masks is not None and len(masks) != len(images):
         raise ValueError(f"{len(images)} images but {len(masks)} region masks")
@@ -199,7 +199,7 @@ def run_task(suite: Suite, backbone: str, task: str, methods: Sequence[str] | No
     heads = [suite.head(backbone, task, k) for k in kinds]
     with torch.no_grad():
         emb = bb.embed_batched(x, ev.masked_batch_size)
-        targets = [h(emb).argmax(-1) for h in heads]
+        targets = [head_logits(h, emb).argmax(-1) for h in heads]
     methods = [m for m in (methods or EXPLAINERS) if supports(m, bb)]
     say = print if progress else (lambda *a, **k: None)
 

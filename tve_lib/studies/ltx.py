@@ -22,6 +22,7 @@ from ..backbones import Backbone
 from ..cache import cached, digest, file_safe
 from ..config import EvalConfig, LTXConfig
 from ..explainers.ltx import PRETRAIN_FIELDS, SELECTIONS, FineTuneResult, LTXNet, finetune, pretrain_ltx
+from ..heads import head_logits
 from ..schema import NO_SELECTION
 from ..timing import time_call
 
@@ -145,7 +146,7 @@ def _evaluation_batch(suite: Suite, bb: Backbone, head: nn.Module, task: str, n_
     x, labels = bb.normalize(raw.to(suite.device)), labels.to(suite.device)
     regions = regions.to(suite.device) if regions is not None else None
     with torch.inference_mode():
-        y = head(bb.embed(x)).argmax(-1)
+        y = head_logits(head, bb.embed(x)).argmax(-1)
     return _Batch(raw, x, labels, regions, y)
 
 

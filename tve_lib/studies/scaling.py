@@ -20,7 +20,7 @@ import torch
 from .. import metrics as M
 from ..config import TVEConfig
 from ..explainers.tve import all_window_embeddings, transfer_rule
-from ..heads import HEAD_KINDS
+from ..heads import HEAD_KINDS, head_logits
 from ..schema import SCALING_COLUMNS
 from .fidelity import evaluation_indices
 from .transfer import trivial_ratio
@@ -47,7 +47,7 @@ class ScalingProbe:
             heads = [suite.head(backbone, t, k) for k in kinds]
             with torch.no_grad():
                 emb = bb.embed_batched(x, ev.masked_batch_size)
-                ys = [h(emb).argmax(-1) for h in heads]
+                ys = [head_logits(h, emb).argmax(-1) for h in heads]
             self.data[t] = {"x": x, "heads": heads, "targets": ys, "exact": {}, "occl_fid": {}}
         self.n_images = min(len(d["x"]) for d in self.data.values())
 

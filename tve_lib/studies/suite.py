@@ -25,7 +25,7 @@ from ..config import Profile, get_profile
 from ..explainers import explainer_class, make_explainer
 from ..explainers.base import Explainer
 from ..heads import HEAD_KINDS, head_accuracy, train_head
-from ..io import load_torch, provenance, write_json
+from ..io import load_torch, provenance, write_csv, write_json
 
 if TYPE_CHECKING:
     from ..explainers.tve import TVE
@@ -91,8 +91,16 @@ class Suite:
         return data_mod.load_upstream(self.profile, self.data_dir)
 
     def task(self, name: str) -> data_mod.Task:
+        """The downstream task ``name`` (a profile task, a paper task or ``folder:/path``), loaded once.
+
+        A folder task is validated up front; its unreadable files are skipped, listed in a warning and
+        in ``results/<profile>/data/skipped_<task>.csv`` (file, reason).
+        """
         if name not in self._tasks:
-            self._tasks[name] = data_mod.load_task(name, self.profile, self.data_dir)
+            t = data_mod.load_task(name, self.profile, self.data_dir, cache_dir=self.ckpt_dir)
+            if t.skipped:
+                write_csv(pd.DataFrame(t.skipped), self.path("data", f"skipped_{file_safe(t.name)}.csv"))
+            self._tasks[name] = t
         return self._tasks[name]
 
     @property
@@ -128,7 +136,7 @@ class Suite:
         """Embeddings ``[N, D]`` and labels of a task split (cached)."""
         bb = self.backbone(backbone)
         ds = getattr(self.task(task), split)
-        key = (f"emb_{self._bb_key(backbone)}_{file_safe(task)}_{split}_"
+        key = (f"emb_{self._bb_key(backbone)}_{file_safe(self.task(task).name)}_{split}_"
                f"{data_mod.content_digest(ds)}")
 
         def compute():
@@ -147,7 +155,7 @@ class Suite:
         if kind not in HEAD_KINDS:
             raise KeyError(f"unknown head kind {kind!r}; expected one of: {', '.join(HEAD_KINDS)}")
         t = self.task(task)
-        key = (f"head_{kind}_{self._bb_key(backbone)}_{file_safe(task)}_"
+        key = (f"head_{kind}_{self._bb_key(backbone)}_{file_safe(t.name)}_"
                f"{self.profile.digest('head_train')}_{data_mod.content_digest(t.train)}")
 
         def compute():

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet
 from ..explainers.tve import TVE, all_window_embeddings, transfer_rule
+from ..heads import head_logits
 from ..metrics import spearman, topk_overlap
 
 
@@ -51,7 +52,7 @@ def transfer_error(explainer: TVE, heads: dict[str, nn.Module], ds: ImageSet, n_
         ek, er = all_window_embeddings(bb, x, explainer.radius)
         emb = bb.embed(x)
         for kind, head in heads.items():
-            y = head(emb).argmax(-1)
+            y = head_logits(head, emb).argmax(-1)
             exact = transfer_rule(ek, er, head, y).view(len(x), bb.grid, bb.grid)
             rules = {"whole_head": explainer}
             if kind != "linear":
