@@ -233,6 +233,30 @@ def test_truncated_checkpoint_is_detected_and_retrained(tmp_path):
     load_torch(ck)
 
 
+def test_backbone_training_resumed_after_a_kill_matches_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Swin's drop-path draws from the global generator: seeded per epoch, a resumed run is exact."""
+    import tve_lib.backbones as bbs
+
+    prof = get_profile("smoke", {"backbone_train.n_images": 64, "backbone_train.epochs": 2})
+    up = data_mod.load_upstream(prof)[0]
+    ref, _ = obtain_backbone(prof, "swin", tmp_path / "a", torch.device("cpu"), 0, upstream=up)
+    real = bbs.checkpoint
+
+    def killed_after_first_epoch(part, objs, **state):
+        real(part, objs, **state)
+        raise KeyboardInterrupt  # the process dies right after epoch 1's checkpoint
+
+    monkeypatch.setattr(bbs, "checkpoint", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        obtain_backbone(prof, "swin", tmp_path / "b", torch.device("cpu"), 0, upstream=up)
+    monkeypatch.undo()
+    torch.rand(7)  # the resumed process starts with another global generator state
+    got, hist = obtain_backbone(prof, "swin", tmp_path / "b", torch.device("cpu"), 0, upstream=up)
+    assert len(hist) == 2
+    for (k, a), b in zip(ref.state_dict().items(), got.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 # ----------------------------------------------------------------------------- determinism
 def test_head_training_is_deterministic_by_seed(smoke):
     e = torch.randn(50, 8)
@@ -345,3 +369,35 @@ def test_bad_input_at_every_entry_point_a_notebook_calls(tmp_path):
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         make_explainer("random", bb).explain(x, make_head("linear", bb.embed_dim, 2))
+
+
+def test_a_kill_during_a_csv_write_leaves_the_old_table(tmp_path):
+    """SIGKILL between writing a table and renaming it into place: the old table stays whole, and the
+    leftover temporary file is hidden (``.name.*.tmp``) so no reader takes it for a table."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tve_lib.io import write_csv
+    from tve_lib.report.tables import load_tables
+
+    root = tmp_path / "smoke"
+    path = root / "fidelity" / "summary.csv"
+    old = pd.DataFrame({"method": ["tve"], "metric": ["fid_plus_auc"], "value": [0.5]})
+    write_csv(old, path)
+    child = (f"import os, time, pandas as pd\nos.replace = lambda *a: time.sleep(600)\n"
+             f"from tve_lib.io import write_csv\nwrite_csv(pd.DataFrame({{'value': range(100000)}}), {str(path)!r})")
+    p = subprocess.Popen([sys.executable, "-c", child])
+    t0 = time.time()
+    while not any(path.parent.glob(".summary.csv.*.tmp")):
+        assert p.poll() is None and time.time() - t0 < 120, "the writer never reached its rename"
+        time.sleep(0.02)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    pd.testing.assert_frame_equal(pd.read_csv(path), old)
+    assert [t.name.startswith(".") for t in path.parent.iterdir() if t.suffix == ".tmp"] == [True]
+    pd.testing.assert_frame_equal(load_tables(root, verbose=False)["summary"], old)
+    write_csv(old.assign(value=0.6), path)  # the next write succeeds beside the leftover
+    assert pd.read_csv(path).value.tolist() == [0.6]

@@ -126,3 +126,98 @@ def test_rerun_skips_completed_notebooks(smoke_results, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "[skip]" in out or "-dirty" in json.loads((smoke_results / "run.json").read_text())["git_commit"]
+
+
+# wall-clock columns (and what is derived from them) differ between two runs of the same code
+TIMING = ("second", "_ms", "ms_", "images_per_s", "ratio_to_inference", "overhead", "iqr", "speedup", "wall",
+          "per_s", "repeats", "warmup", "estimated", "basis", "threads", "time", "train_s", "explain_s")
+# tables whose text quotes timings: only these columns are compared
+TEXT_WITH_TIMINGS = {"claims.csv": ["id", "method", "claim", "rule"],
+                     "throughput/targets.csv": ["target", "backbone", "size", "batch_size", "tve_arch", "op",
+                                                "threshold"]}
+
+
+def _rows(root, rels=None) -> dict[str, pd.DataFrame]:
+    """Every CSV under ``root`` (checkpoints aside) without timing columns, rows sorted."""
+    out = {}
+    for p in sorted(root.rglob("*.csv")):
+        rel = p.relative_to(root).as_posix()
+        if "checkpoints" in p.parts or (rels is not None and rel not in rels):
+            continue
+        df = pd.read_csv(p)
+        cols = TEXT_WITH_TIMINGS.get(rel, [c for c in df.columns if not any(t in c for t in TIMING)])
+        df = df[cols].astype(str)
+        out[rel] = df.sort_values(cols).reset_index(drop=True)
+    return out
+
+
+def _same(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> list[str]:
+    bad = [f"{k}: missing" for k in a if k not in b]
+    bad += [f"{k}: {len(a[k])} -> {len(b[k])} rows" if len(a[k]) != len(b[k]) else k
+            for k in a if k in b and not a[k].equals(b[k])]
+    return bad
+
+
+def test_rerunning_one_notebook_keeps_every_other_notebooks_rows(smoke_results):
+    """Each notebook rerun alone (after the whole run) leaves every table's rows as they were: its own
+    rows come back the same (same seed, cached models) and no other notebook's row is lost or changed."""
+    before = _rows(smoke_results)
+    for nb in runner.notebook_list():
+        assert runner.run("smoke", only=[nb.stem], force=True, results_dir=smoke_results.parent, device="cpu") == 0
+        changed = _same(before, _rows(smoke_results))
+        assert not changed, f"rerunning {nb.stem} alone changed: {changed}"
+
+
+def _run_until(cmd: list[str], cond, timeout: float = 900) -> bool:
+    """Run ``cmd`` in its own process group; SIGKILL the group (kernels included) once ``cond()`` holds.
+    Returns whether it was killed (False: it finished first)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while p.poll() is None:
+        if cond() or time.time() - t0 > timeout:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            assert time.time() - t0 <= timeout, f"{cmd} neither finished nor reached the kill point"
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_run_killed_at_any_moment_resumes_to_the_same_results(smoke_results, tmp_path):
+    """SIGKILL during a backbone's training, TVE pre-training and notebook 03, then one more run: the tables
+    equal an uninterrupted run's, and no table left behind by a kill is ever half-written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "killed"
+    root = out / "smoke"
+    cmd = [sys.executable, "-m", "tve_lib.runner", "--profile", "smoke", "--results-dir", str(out), "--device",
+           "cpu", "--only", "00", "01", "03_fidelity"]
+    points = {
+        # the first backbone is trained and cached, the next one is training
+        "a backbone's training": lambda: len([p for p in root.glob("checkpoints/backbone_*.pt")
+                                              if not p.name.endswith(".partial.pt")]) == 1,
+        "TVE pre-training": lambda: any(root.glob("checkpoints/tve_*.partial.pt")),
+        "notebook 03": lambda: any(root.glob("checkpoints/shapley_*.pt")),
+    }
+    for what, cond in points.items():
+        assert _run_until(cmd, cond), f"the run finished before {what}"
+        for p in root.rglob("*.csv"):
+            pd.read_csv(p)  # complete tables only (a table is written to a temporary file, then renamed)
+    assert subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    rels = {"accuracy.csv", "tve/pretrain.csv", "fidelity/curves.csv", "fidelity/per_image.csv"}
+    got, ref = _rows(root, rels), _rows(smoke_results, rels)
+    for rel in ("fidelity/curves.csv", "fidelity/per_image.csv"):  # notebook 03's rows of the full run
+        keep = pd.Series(True, index=ref[rel].index)
+        for c in ("selection", "lambda"):  # rows of notebooks 05 and 06, absent from the killed run
+            if c in ref[rel]:
+                keep &= ref[rel][c] == "nan"
+        ref[rel] = ref[rel][keep]
+        cols = [c for c in ref[rel].columns if c in got[rel].columns]
+        ref[rel], got[rel] = (d[cols].sort_values(cols).reset_index(drop=True) for d in (ref[rel], got[rel]))
+    assert not _same(ref, got), _same(ref, got)

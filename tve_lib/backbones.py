@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cache import digest, load_or_train
-from .config import BackboneSpec, Profile
+from .config import BackboneSpec, BackboneTrain, Profile
 from .data import ImageSet, iter_batches
 from .io import checkpoint, resume, save_torch
 from .masking import apply_mask
@@ -227,6 +227,32 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.roll(F.pad(x, (2, 2, 2, 2)), (dy, dx), (-2, -1))[..., 2:-2, 2:-2]
 
 
+def _backbone_epoch(bb: Backbone, train: ImageSet, cfg: BackboneTrain, objs: dict, seed: int, epoch: int, n: int,
+                    device: torch.device) -> dict:
+    """One epoch of supervised training; returns its history row."""
+    model, opt, sched = objs["model"], objs["opt"], objs["sched"]
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    idx = torch.randperm(len(train), generator=gen)[:n]
+    tot, correct, seen = 0.0, 0, 0
+    bar = tqdm(iter_batches(train, cfg.batch_size, idx), total=math.ceil(n / cfg.batch_size),
+               desc=f"{bb.name} epoch {epoch + 1}/{cfg.epochs}", leave=False)
+    for raw, y, _ in bar:
+        x = bb.normalize(raw.to(device))
+        if cfg.augment:
+            x = _augment(x, gen)
+        y = y.to(device)
+        out = model(x)
+        loss = F.cross_entropy(out, y, label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        tot += loss.item() * len(y)
+        correct += (out.argmax(1) == y).sum().item()
+        seen += len(y)
+    return {"epoch": epoch + 1, "loss": tot / seen, "train_acc": correct / seen}
+
+
 def train_backbone(bb: Backbone, train: ImageSet, profile: Profile, ckpt: Path, seed: int,
                    device: torch.device) -> list[dict]:
     """Supervised training of ``bb`` on the upstream set; resumes from ``ckpt`` per epoch."""
@@ -241,27 +267,13 @@ def train_backbone(bb: Backbone, train: ImageSet, profile: Profile, ckpt: Path, 
     objs = {"model": model, "opt": opt, "sched": sched}
     part = ckpt.with_suffix(".partial.pt")
     state = resume(part, objs) or {"epoch": 0, "history": []}
+    devices = [device] if device.type == "cuda" else []
     for epoch in range(state["epoch"], cfg.epochs):
-        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-        idx = torch.randperm(len(train), generator=gen)[:n]
-        tot, correct, seen = 0.0, 0, 0
-        bar = tqdm(iter_batches(train, cfg.batch_size, idx), total=steps_per_epoch,
-                   desc=f"{bb.name} epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for raw, y, _ in bar:
-            x = bb.normalize(raw.to(device))
-            if cfg.augment:
-                x = _augment(x, gen)
-            y = y.to(device)
-            out = model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += loss.item() * len(y)
-            correct += (out.argmax(1) == y).sum().item()
-            seen += len(y)
-        state["history"].append({"epoch": epoch + 1, "loss": tot / seen, "train_acc": correct / seen})
+        # drop-path (Swin) draws from the global generator: seeded per epoch, so a run resumed from a
+        # per-epoch checkpoint trains exactly as an uninterrupted one (fork_rng leaves the caller's state)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed * 1000 + epoch)
+            state["history"].append(_backbone_epoch(bb, train, cfg, objs, seed, epoch, n, device))
         state["epoch"] = epoch + 1
         checkpoint(part, objs, **state)
     model.eval().requires_grad_(False)

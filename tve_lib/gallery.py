@@ -1,7 +1,12 @@
 """Pictures of images and attribution maps (tensors): galleries, sample grids, display scaling.
 
-Kept apart from the explainers, which return signed, unnormalised maps: `normalize_map` and
-`upsample_map` only serve display. Figures of results (tables) are in `tve_lib.report`.
+Kept apart from the explainers, which return signed, unnormalised maps: `display_map` and
+`upsample_map` only serve display. Maps are shown as the field shows them (Captum's
+``visualize_image_attr``): upsampled to pixels and blended over the image, with a sign mode
+(`SIGNS`) and percentile clipping. The default, ``centred``, subtracts each map's median first:
+window-occlusion-style maps (TVE, occlusion) carry a large per-image offset that a colour scale
+centred on 0 turns into one flat colour, hiding the ranking every metric uses. Figures of results
+(tables) are in `tve_lib.report`.
 """
 
 from __future__ import annotations
@@ -10,11 +15,48 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
+#: sign modes: ``centred`` (map minus its per-image median), ``all`` (signed as is), ``positive``
+#: (evidence for the class only), ``absolute`` (magnitude)
+SIGNS = ("centred", "all", "positive", "absolute")
+CAPTIONS = {
+    "centred": "red: players above the image's median player, blue: below",
+    "all": "red: evidence for the class, blue: against",
+    "positive": "colour: evidence for the class (negative values hidden)",
+    "absolute": "colour: magnitude, either sign",
+}
 
-def normalize_map(a: torch.Tensor) -> torch.Tensor:
-    """Scale each ``[G, G]`` map of ``[B, G, G]`` to [-1, 1] by its largest absolute value."""
-    scale = a.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1)
-    return a / scale
+
+def display_map(a: torch.Tensor, sign: str = "centred", clip: float = 99.0) -> torch.Tensor:
+    """``[B, G, G]`` maps scaled for display: signed modes to [-1, 1], ``positive`` / ``absolute`` to [0, 1].
+
+    Each map is divided by the ``clip`` percentile of its absolute values (after the sign mode), so
+    one extreme player does not wash out the rest; a constant map shows as 0.
+    """
+    if sign not in SIGNS:
+        raise ValueError(f"unknown sign mode {sign!r}; expected one of: {', '.join(SIGNS)}")
+    if not 0 < clip <= 100:
+        raise ValueError(f"clip is a percentile in (0, 100], got {clip}")
+    a = a.detach().float()
+    if sign == "centred":
+        a = a - a.flatten(1).median(1).values.view(-1, 1, 1)
+    elif sign == "positive":
+        a = a.clamp_min(0)
+    elif sign == "absolute":
+        a = a.abs()
+    scale = torch.quantile(a.flatten(1).abs(), clip / 100, dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    lo = 0.0 if sign in ("positive", "absolute") else -1.0
+    return (a / scale).clamp(lo, 1.0)
+
+
+def show_map(ax: plt.Axes, image: torch.Tensor, amap: torch.Tensor, sign: str = "centred",
+             clip: float = 99.0, alpha: float = 0.65) -> None:
+    """One ``[G, G]`` map upsampled to the image's pixels and blended over the (grayscale) image."""
+    ax.imshow(image.detach().cpu().float().mean(0).numpy(), cmap="gray", vmin=0, vmax=1)
+    up = upsample_map(display_map(amap.unsqueeze(0), sign, clip), image.shape[-1])[0].cpu()
+    signed = sign in ("centred", "all")
+    ax.imshow(up.numpy(), cmap="bwr" if signed else "Reds", vmin=-1 if signed else 0, vmax=1, alpha=alpha)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def upsample_map(a: torch.Tensor, size: int, mode: str = "nearest") -> torch.Tensor:
@@ -59,11 +101,12 @@ def sample_grid(sets: dict, n: int = 6) -> plt.Figure:
 
 
 def attribution_gallery(images: torch.Tensor, maps: dict[str, torch.Tensor], masks: torch.Tensor | None = None,
-                        titles: list[str] | None = None) -> plt.Figure:
-    """Images (first column) and one column per named ``[B, G, G]`` map, upsampled to pixels."""
+                        titles: list[str] | None = None, sign: str = "centred", clip: float = 99.0) -> plt.Figure:
+    """Images (first column) and one column per named ``[B, G, G]`` map, blended over the image
+    (`show_map`); the colour scale's meaning is written under the gallery."""
     b = len(images)
     cols = 1 + len(maps)
-    fig, axes = plt.subplots(b, cols, figsize=(1.8 * cols, 1.8 * b), squeeze=False)
+    fig, axes = plt.subplots(b, cols, figsize=(1.8 * cols, 1.8 * b + 0.4), squeeze=False)
     for i in range(b):
         show_image(axes[i, 0], images[i])
         if masks is not None:
@@ -72,13 +115,12 @@ def attribution_gallery(images: torch.Tensor, maps: dict[str, torch.Tensor], mas
             axes[i, 0].set_title(titles[i], fontsize=8)
         for j, (name, m) in enumerate(maps.items(), start=1):
             ax = axes[i, j]
-            up = upsample_map(normalize_map(m[i:i + 1]), images.shape[-1])[0]
-            ax.imshow(up.cpu(), cmap="bwr", vmin=-1, vmax=1)
+            show_map(ax, images[i], m[i], sign, clip)
             if masks is not None:
                 outline(ax, masks[i], "black")
-            ax.set_xticks([])
-            ax.set_yticks([])
             if i == 0:
                 ax.set_title(name, fontsize=9)
     fig.tight_layout()
+    fig.text(0.5, 0.0, f"{CAPTIONS[sign]}; each map scaled by the {clip:g}th percentile of its |values|",
+             ha="center", va="top", fontsize=8)
     return fig

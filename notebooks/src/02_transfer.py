@@ -48,8 +48,9 @@ heads = {(b, t): {k: suite.head(b, t, k) for k in ("linear", "mlp")}
 
 # %% [markdown]
 # ## Gallery: TVE maps (raw and pooled) per task and backbone, linear heads
-# Colours: blue = evidence against the predicted class, red = evidence for it. On the mosaic task the known
-# relevant quadrant is outlined.
+# Each map is blended over its image, centred on its own median player (`tve_lib.gallery.display_map`): TVE's
+# window quantity carries a large per-image offset, so red = players above the image's median, blue = below; the
+# caption under each gallery says so. On the mosaic task the known relevant quadrant is outlined.
 
 # %%
 for t in suite.profile.tasks:

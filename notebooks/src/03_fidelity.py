@@ -59,6 +59,7 @@ from tve_lib.report.fidelity import amortisation_ceiling, tve_verdict
 from tve_lib.report.fidelity_plots import amortized_panels, auc_bars, curve_panels, metric_table
 from tve_lib.report.findings import acceptance_finding
 from tve_lib.report.plots import savefig
+from tve_lib.report.tables import main_summary
 from tve_lib.schema import CURVE_KEYS, PER_IMAGE_KEYS, SUMMARY_KEYS
 from tve_lib.studies.fidelity import run_task
 
@@ -104,7 +105,9 @@ display(timing.pivot_table(index=["method", "budget"], columns="backbone", value
 # %%
 curves = pd.read_csv(paths["curves"])
 summary = pd.read_csv(paths["summary"])
-# notebooks 05 and 06 append their methods (LTX, xvec) to the same files: this notebook reports its own
+# notebooks 05 and 06 append their rows (with `selection` / `lambda`) to the same files: this notebook reports
+# its own (`main_summary`)
+summary, curves = main_summary(summary), main_summary(curves)
 summary = summary[(summary.seed == SEED) & summary.backbone.isin(backbones) & summary.task.isin(tasks)
                   & summary.method.isin(METHODS)]
 curves = curves[(curves.seed == SEED) & curves.backbone.isin(backbones) & curves.task.isin(tasks)
@@ -175,7 +178,7 @@ for (b, t), r in galleries.items():
 # `ratio` is TVE / the method it does worst against; `ok` is the check; the failing rows are printed.
 
 # %%
-per_image = pd.read_csv(paths["per_image"])
+per_image = main_summary(pd.read_csv(paths["per_image"]))
 per_image = per_image[(per_image.seed == SEED) & per_image.backbone.isin(backbones) & per_image.task.isin(tasks)
                       & per_image.method.isin(METHODS)]
 verdict = tve_verdict(per_image, "fid_plus_auc", WEAK_BASELINES, COMPETITIVE)

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from ..explainers import EXPLAINERS, explainer_class, supports
-from ..gallery import normalize_map, outline, show_image, upsample_map
+from ..gallery import outline, show_image, show_map
 from ..heads import head_logits
 from ..metrics import class_prob, masked_embeddings, ranked_keep
 
@@ -197,22 +197,18 @@ class Explorer:
         """Rows: methods; columns: the image, the map, then the masked image at each sparsity."""
         n_rows, n_cols = len(view.rows), 2 + len(view.sparsities)
         fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.0 * n_cols, 2.1 * n_rows + 0.5), squeeze=False)
-        size = view.image.shape[-1]
         for i, r in enumerate(view.rows):
             show_image(axes[i, 0], view.image)
             if view.region is not None:
                 outline(axes[i, 0], view.region)
             axes[i, 0].set_ylabel(r.method, fontsize=10)
-            up = upsample_map(normalize_map(r.attribution.unsqueeze(0)), size)[0]
-            axes[i, 1].imshow(up.numpy(), cmap="bwr", vmin=-1, vmax=1)
-            axes[i, 1].set_xticks([])
-            axes[i, 1].set_yticks([])
+            show_map(axes[i, 1], view.image, r.attribution)
             for j, s in enumerate(view.sparsities):
                 show_image(axes[i, 2 + j], r.masked[j])
                 axes[i, 2 + j].set_title(f"s={s:.2f}: p keep {r.p_keep[j]:.2f}\np without {r.p_remove[j]:.2f}",
                                          fontsize=8)
         axes[0, 0].set_title(f"label {view.label}", fontsize=8)
-        axes[0, 1].set_title("map (red: for ŷ)", fontsize=8)
+        axes[0, 1].set_title("map, centred\n(red: above the median player)", fontsize=8)
         s = view.selection
         fig.suptitle(f"{s.backbone} · {s.task} · {s.head} head · test image {s.image}: predicted {view.predicted} "
                      f"(p={view.p_full:.2f}); top (1−s) of the players kept", fontsize=9)
