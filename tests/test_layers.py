@@ -93,11 +93,12 @@ def test_row_vocabulary_has_one_home(pattern):
 
 
 def test_no_path_outside_the_repository():
-    """Docstrings and docs point inside the repository (a user's clone has no ../shared)."""
+    """Docstrings and docs point inside the repository: a user's clone has none of the team's notes."""
     root = PKG.parent
     texts = [*PKG.rglob("*.py"), root / "README.md", *(root / "docs").glob("*.md"),
              *(root / "notebooks" / "src").glob("*.py")]
-    bad = [str(p.relative_to(root)) for p in texts if re.search(r"METHOD\.md|\.\./shared", p.read_text())]
+    outside = re.compile("|".join([r"METHOD" + r"\.md", r"\.\./" + "shared"]))  # split: this file stays clean
+    bad = [str(p.relative_to(root)) for p in texts if outside.search(p.read_text())]
     assert bad == []
 
 
