@@ -43,13 +43,14 @@ class ImageSet:
 
     name: str
     classes: list[str]
+    _labels: torch.Tensor  # the labels of a set that stores them (subsets derive theirs)
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        return len(self.labels)
 
     @property
     def labels(self) -> torch.Tensor:
-        raise NotImplementedError
+        return self._labels
 
     @property
     def has_masks(self) -> bool:
@@ -74,13 +75,6 @@ class TensorImageSet(ImageSet):
             raise ValueError(f"{name}: image set is empty")
         self.name, self.images, self._labels, self.classes, self.masks = (
             name, images, labels.long(), classes, masks)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self._labels
 
     @property
     def has_masks(self) -> bool:
@@ -131,13 +125,6 @@ class VisionDatasetImageSet(ImageSet):
         self.tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
                                       transforms.ToTensor()])
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self._labels
-
     def get(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)
         imgs = []
@@ -155,13 +142,6 @@ class FolderImageSet(ImageSet):
         self.name, self.classes, self.files, self.size = name, scan.classes, scan.files, size
         self._labels = torch.as_tensor(scan.labels, dtype=torch.long)
         self.fingerprint = scan.fingerprint  # what caches of this set are keyed on (not its path)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self._labels
 
     def get(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)

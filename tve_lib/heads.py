@@ -44,10 +44,7 @@ def check_head(head: nn.Module, embed_dim: int) -> None:
 def head_logits(head: nn.Module, emb: torch.Tensor) -> torch.Tensor:
     """``head(emb)``, after checking that the embedding's width is the head's input size: the one place
     where a head meets an embedding, so a mismatch names both sizes instead of a matmul error."""
-    d = head_in_features(head)
-    if emb.shape[-1] != d:
-        raise ValueError(f"head expects {d}-dim inputs but got {emb.shape[-1]}-dim embeddings: train the head "
-                         "on this backbone's embeddings")
+    check_head(head, emb.shape[-1])
     return head(emb)
 
 
