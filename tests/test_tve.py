@@ -238,3 +238,13 @@ def test_ddp_two_processes_match_one_process(tmp_path, arch, sampler):
     assert abs(one["wnorm"] - two["wnorm"]) < 1e-4 * one["wnorm"]
     # and the trajectory is not trivially flat, so the comparison has teeth
     assert (a[0] - a[-1]).abs().max() > 1e-3
+
+
+def test_every_ablation_reference_is_the_reference_config_so_it_is_trained_once():
+    from tve_lib.config import get_profile
+    from tve_lib.studies.ablations import ablation_variants, reference_config
+
+    prof = get_profile("cpu")
+    refs = [v for v in ablation_variants(prof, 8) if v.variant.endswith("(ref)")]
+    assert {v.ablation for v in refs} >= {"radius", "explainer", "depth", "transfer rule"}
+    assert all(v.cfg == reference_config(prof) and not v.transfer for v in refs)

@@ -74,7 +74,7 @@ frames = []
 for b in suite.backbone_names:
     for t in suite.profile.tasks:
         frames.append(transfer_error(suite.explainer(b), heads[(b, t)], suite.task(t).test, ev.n_transfer,
-                                     seed=SEED, backbone=b, task=t))
+                                     seed=SEED, backbone=b, task=t, masked_batch_size=ev.masked_batch_size))
 err = pd.concat(frames, ignore_index=True)
 write_csv(err, suite.path("tve", "transfer_error.csv"))
 summary = (err.groupby(["rule", "backbone", "task", "head"])

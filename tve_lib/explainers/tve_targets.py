@@ -155,15 +155,15 @@ def window_store(bb: Backbone, train: ImageSet, root: Path, seed: int, radius: i
     per_call = max(1, chunk // (2 * bb.n_players))
 
     def compute(ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        keep, rem, base = [], [], []
+        keep, rem = [], []
         for s in range(0, len(ids), per_call):
             x = bb.normalize(train.get(ids[s:s + per_call])[0].to(dev))
             k, r = all_window_embeddings(bb, x, radius, chunk)
             keep.append(k.to(dt).cpu())
             rem.append(r.to(dt).cpu())
-            with torch.no_grad():
-                base.append(bb.embed(x).to(dt).cpu())
-        return {"keep": torch.cat(keep), "remove": torch.cat(rem), "base": torch.cat(base)}
+        with torch.no_grad():  # g(x) in batches of `chunk` images, not one call per `per_call` images
+            base = bb.embed_batched(bb.normalize(train.get(ids)[0].to(dev)), chunk).to(dt).cpu()
+        return {"keep": torch.cat(keep), "remove": torch.cat(rem), "base": base}
 
     return store, compute
 

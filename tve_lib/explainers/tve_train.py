@@ -60,8 +60,9 @@ def tve_loss(pk: torch.Tensor, pr: torch.Tensor, tk: torch.Tensor, tr: torch.Ten
 class OnlineSource:
     """Targets of K drawn windows per image computed by the backbone at every step."""
 
-    def __init__(self, model: nn.Module, bb: Backbone, train: ImageSet, ids: torch.Tensor, radius: int, k: int):
-        self.model, self.bb, self.train, self.ids, self.radius = model, bb, train, ids, radius
+    def __init__(self, model: nn.Module, bb: Backbone, train: ImageSet, ids: torch.Tensor, radius: int, k: int,
+                 chunk: int = 1024):
+        self.model, self.bb, self.train, self.ids, self.radius, self.chunk = model, bb, train, ids, radius, chunk
         self.k = k if k < bb.n_players else None  # K >= G²: every window, nothing drawn
         self.cost = 0.0  # no stored targets
 
@@ -71,10 +72,10 @@ class OnlineSource:
     def batch(self, pos: torch.Tensor, centres: torch.Tensor | None):
         x = self.bb.normalize(self.train.get(self.ids[pos])[0].to(self.bb.mean.device))
         if centres is None:
-            tk, tr = all_window_embeddings(self.bb, x, self.radius)
+            tk, tr = all_window_embeddings(self.bb, x, self.radius, self.chunk)
         else:
             centres = centres.to(x.device)
-            tk, tr = window_targets(self.bb, x, centres, self.radius)
+            tk, tr = window_targets(self.bb, x, centres, self.radius, self.chunk)
         inp, base = self.model.prepare(self.bb, x)
         return inp, base, tk, tr, centres
 
@@ -86,9 +87,9 @@ class DenseSource:
                  cfg: TVEConfig, root: Path, seed: int, progress: bool, rank: int, world: int):
         self.model, self.bb, self.train, self.ids = model, bb, train, ids
         n = len(ids)
-        stores = [window_store(bb, train, root, seed, radius, cfg.target_dtype)]
+        stores = [window_store(bb, train, root, seed, radius, cfg.target_dtype, cfg.target_batch_size)]
         if model.tapped:
-            stores.append(token_store(bb, train, root, seed, cfg))
+            stores.append(token_store(bb, train, root, seed, cfg, cfg.target_batch_size))
         for store, compute in stores:
             if rank == 0:
                 store.build(n, compute, f"targets {bb.name}", progress)
@@ -98,14 +99,15 @@ class DenseSource:
         self.data, self.cost = {}, 0.0  # cost: what the targets cost, reused or not
         for store, _ in stores:
             data, cost = store.read(n)
-            self.data.update({k: v.to(dev) for k, v in data.items()})
+            # converted once to the training precision (exact from float16), not at every step
+            self.data.update({k: v.to(dev, self.dtype) for k, v in data.items()})
             self.cost += cost
 
     def centres(self, n: int, gen: torch.Generator) -> None:
         return None
 
     def batch(self, pos: torch.Tensor, centres: None):
-        d = {k: v[pos.to(v.device)].to(self.dtype) for k, v in self.data.items()}
+        d = {k: v[pos.to(v.device)] for k, v in self.data.items()}
         if "tokens" in d:
             inp = d["tokens"]
         else:
@@ -128,13 +130,22 @@ def _lr_lambda(total: int, warmup: int):
 
 
 @torch.no_grad()
+def prepare_batches(model: nn.Module, backbone: Backbone, x: torch.Tensor, batch_size: int) -> list[tuple]:
+    """``model.prepare`` of each batch of ``x``: the backbone is frozen, so a fixed probe's inputs are
+    computed once and reused at every epoch."""
+    return [model.prepare(backbone, x[s:s + batch_size]) for s in range(0, len(x), batch_size)]
+
+
+@torch.no_grad()
 def heldout_losses(model: nn.Module, backbone: Backbone, x: torch.Tensor, centres: torch.Tensor,
-                   tk: torch.Tensor, tr: torch.Tensor, batch_size: int) -> dict[str, float]:
-    """Held-out MSE of both branches, and the trivial predictor's (mean target) for the ratio."""
+                   tk: torch.Tensor, tr: torch.Tensor, batch_size: int,
+                   prepared: list[tuple] | None = None) -> dict[str, float]:
+    """Held-out MSE of both branches, and the trivial predictor's (mean target) for the ratio.
+    ``prepared``: `prepare_batches` of ``x`` at ``batch_size``, when already computed."""
     model.eval()
+    prepared = prepared if prepared is not None else prepare_batches(model, backbone, x, batch_size)
     se_k = se_r = 0.0
-    for s in range(0, len(x), batch_size):
-        inp, base = model.prepare(backbone, x[s:s + batch_size])
+    for (inp, base), s in zip(prepared, range(0, len(x), batch_size)):
         lk, lr = tve_loss(*model(inp, base), tk[s:s + batch_size], tr[s:s + batch_size], centres[s:s + batch_size])
         se_k, se_r = se_k + lk.item() * tk[s:s + batch_size].numel(), se_r + lr.item() * tr[s:s + batch_size].numel()
     n = tk.numel()
@@ -152,7 +163,7 @@ def _probe(backbone: Backbone, val: ImageSet, cfg: TVEConfig, seed: int, radius:
     vx = torch.cat([backbone.normalize(r.to(device)) for r, _, _ in iter_batches(val, 256, vidx)])
     k = min(cfg.windows_per_image, 2) if cfg.sampler == "online" else 2
     vc = torch.randint(0, backbone.n_players, (len(vx), k), generator=gv).to(device)
-    return (vx, vc, *window_targets(backbone, vx, vc, radius))
+    return (vx, vc, *window_targets(backbone, vx, vc, radius, cfg.target_batch_size))
 
 
 def _optimiser(model: nn.Module, cfg: TVEConfig, total: int) -> dict[str, Any]:
@@ -224,11 +235,12 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
         source = DenseSource(model, backbone, train, ids, radius, cfg, Path(store_dir or Path(ckpt).parent),
                              seed, progress, rank, world)
     else:
-        source = OnlineSource(model, backbone, train, ids, radius, cfg.windows_per_image)
+        source = OnlineSource(model, backbone, train, ids, radius, cfg.windows_per_image, cfg.target_batch_size)
     if "target_seconds" not in state:  # counted once, also when the store was built by an earlier run
         state["target_seconds"] = source.cost
         state["seconds"] += state["target_seconds"]
     probe = _probe(backbone, val, cfg, seed, radius)
+    probe_inputs = prepare_batches(model, backbone, probe[0], cfg.batch_size)
 
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.time()
@@ -237,7 +249,7 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
         sk, sr, seen = _epoch(net, objs, source, cfg, order, gen, epoch,
                               f"TVE {backbone.name} epoch {epoch + 1}/{cfg.epochs}", progress, on_step)
         state["seconds"] += time.time() - t0
-        ho = heldout_losses(model, backbone, probe[0], probe[1], probe[2], probe[3], cfg.batch_size)
+        ho = heldout_losses(model, backbone, probe[0], probe[1], probe[2], probe[3], cfg.batch_size, probe_inputs)
         common = {"seconds": state["seconds"], "target_seconds": state["target_seconds"]}
         state["history"] += [
             {"epoch": epoch + 1, "split": "train", "loss_keep": sk / seen, "loss_remove": sr / seen, **common},

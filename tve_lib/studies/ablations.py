@@ -63,7 +63,9 @@ def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
     ref = reference_config(profile)
     r0 = ref.radius or default_radius(grid)
     d0 = ref.depth
-    v = [Variant("radius", f"r={r}" + (" (ref)" if r == r0 else ""), dataclasses.replace(ref, radius=r))
+    # the reference radius is the reference itself (not radius=r0 spelt out), so it is trained once
+    v = [Variant("radius", f"r={r} (ref)", ref) if r == r0 else
+         Variant("radius", f"r={r}", dataclasses.replace(ref, radius=r))
          for r in sorted({max(1, r0 - 1), r0, r0 + 1, r0 + 2}) if r < grid]
     v += [Variant("transfer rule", "both (ref)", ref),
           Variant("transfer rule", "keep-only (λ⁻=0)", ref, transfer={"lam_minus": 0.0}),

@@ -31,7 +31,7 @@ def trivial_ratio(pretrain: pd.DataFrame) -> pd.DataFrame:
 @torch.no_grad()
 def transfer_error(explainer: TVE, heads: dict[str, nn.Module], ds: ImageSet, n_images: int,
                    batch_size: int = 32, topk: float = 0.1, seed: int = 0, backbone: str = "",
-                   task: str = "", progress: bool = True) -> pd.DataFrame:
+                   task: str = "", progress: bool = True, masked_batch_size: int = 1024) -> pd.DataFrame:
     """Per-image agreement of TVE maps with the brute-force ``f_y(x⊙W_i) − f_y(x⊙(1−W_i))``.
 
     The first ``n_images`` of ``ds`` (a held-out split) are explained for every head; the exact
@@ -49,7 +49,7 @@ def transfer_error(explainer: TVE, heads: dict[str, nn.Module], ds: ImageSet, n_
                   leave=False):
         ids = idx[s:s + batch_size]
         x = bb.normalize(ds.get(ids)[0].to(device))
-        ek, er = all_window_embeddings(bb, x, explainer.radius)
+        ek, er = all_window_embeddings(bb, x, explainer.radius, masked_batch_size)
         emb = bb.embed(x)
         for kind, head in heads.items():
             y = head_logits(head, emb).argmax(-1)

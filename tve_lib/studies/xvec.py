@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 
 
 def cached_supervision(path: str | Path, model: SelfExplainingModel, data: ImageSet, idx: torch.Tensor,
-                       budget: int, seed: int, progress: bool = False) -> tuple[torch.Tensor, dict]:
+                       budget: int, seed: int, progress: bool = False, batch_size: int = 1024
+                       ) -> tuple[torch.Tensor, dict]:
     """`kernelshap_supervision`, cached at ``path`` with its settings; recomputed when they differ.
 
     The settings record the estimator, budget, seed, grid, the image set and indices, and a
@@ -65,7 +66,8 @@ def cached_supervision(path: str | Path, model: SelfExplainingModel, data: Image
                 "model": state_digest(model)}
 
     def build() -> dict:
-        return {"settings": settings, "phi": kernelshap_supervision(model, data, idx, budget, seed, progress=progress)}
+        return {"settings": settings, "phi": kernelshap_supervision(model, data, idx, budget, seed,
+                                                                           batch_size=batch_size, progress=progress)}
 
     def restore(s: dict) -> tuple[torch.Tensor, dict]:
         if s["settings"] != settings:  # a stale file: `cached` deletes it and computes it again
@@ -155,7 +157,7 @@ class XVecStudy:
         model = self.model("pred", task)
         phi, settings = cached_supervision(self._ckpt(f"supervision_{task or 'source'}"), model, ds,
                                            idx if pos is None else idx[pos], self.cfg.shap_budget, self.seed,
-                                           self.progress)
+                                           self.progress, self.suite.profile.eval.masked_batch_size)
         self.settings[task] = settings
         return phi, pos
 
