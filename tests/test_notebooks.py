@@ -89,6 +89,9 @@ def test_tve_outputs(smoke_results):
     assert err.spearman.between(-1, 1).all() and err.topk_overlap.between(0, 1).all()
     assert set(err.rule) == {"whole_head", "last_layer"}
     assert (smoke_results / "tve" / "run.json").exists()
+    # the walkthroughs of 01 and 02 (issue: step through the method), saved statically when not interactive
+    for fig in ("01_walkthrough_window", "01_walkthrough_live", "02_transfer_by_hand"):
+        assert (smoke_results / "figures" / f"{fig}.png").exists(), fig
 
 
 def test_fidelity_diagnostics(smoke_results):

@@ -220,6 +220,17 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class WalkConfig:
+    """The walkthroughs at the top of notebooks 01 and 02 (`tve_lib.studies.walkthrough`)."""
+
+    image: int = 0  # the upstream validation image walked through (notebook 01) / test image (02)
+    player: int | None = None  # None: the player at the centre of the grid
+    n_images: int = 8  # live optimiser steps of a fresh explainer: on this many upstream images
+    batch_size: int = 4
+    steps: int = 30
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     img_size: int
@@ -239,6 +250,7 @@ class Profile:
     bench: BenchConfig = BenchConfig()
     xvec: XVecConfig = XVecConfig()
     ltx: LTXConfig = LTXConfig()
+    walk: WalkConfig = WalkConfig()
 
     def backbone(self, name: str) -> BackboneSpec:
         """The spec of backbone ``name``; a clear error for an unknown name."""
@@ -310,6 +322,7 @@ PROFILES: dict[str, Profile] = {
                         shap_budget=160, lambdas=(0.0, 1.0), n_eval=8, n_shapley=2, shapley_groups=(2, 2),
                         n_accuracy=200, bench_batch_size=4, bench_repeats=1),
         ltx=LTXConfig(n_train=64, epochs=1, n_explain=4, ft_steps=3, ft_batch=4, time_repeats=1),
+        walk=WalkConfig(n_images=4, batch_size=2, steps=4),
     ),
     "paper": Profile(
         name="paper", img_size=224, upstream="imagefolder",
@@ -338,6 +351,7 @@ PROFILES: dict[str, Profile] = {
                         n_shapley=8, unrelated_tasks=()),
         # official LTX loss for ViT-B (λ = 50 on BCEWithLogits of the sigmoided mask)
         ltx=LTXConfig(mask_penalty="bce", lambda_mask=50.0, n_train=1000, epochs=30, n_explain=200, ft_batch=8),
+        walk=WalkConfig(n_images=4, batch_size=2, steps=10),  # each step: 2 images x 2·G² ViT-B passes
     ),
 }
 

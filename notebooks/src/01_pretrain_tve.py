@@ -47,11 +47,44 @@ from tve_lib.io import write_csv
 from tve_lib.report.findings import pretrain_finding
 from tve_lib.report.plots import loss_curves, savefig
 from tve_lib.studies.transfer import pretrain_table, trivial_ratio
+from tve_lib.studies.walkthrough import (
+    Walkthrough,
+    WalkthroughWidgets,
+    live_loss_figure,
+    live_pretraining,
+    window_figure,
+)
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 cfg = suite.profile.tve
 display(dataclasses.asdict(cfg))
 print({b: {"grid": suite.backbone(b).grid, "radius": suite.tve_radius(b)} for b in suite.backbone_names})
+
+# %% [markdown]
+# ## Walkthrough: one image, one window
+# One upstream validation image of the first backbone with its `G×G` player grid, the window `W_i` (radius `r`)
+# around player `i`, and the two inputs the backbone sees: `x ⊙ W_i` and `x ⊙ (1 − W_i)`, removed players at
+# the removal value (0 in normalised space: the dataset's mean colour, as drawn). Their embeddings are the two
+# targets; the bars compare them with what a fresh explainer (the pre-trained one's initialisation) and the
+# pre-trained explainer (the next section's, loaded or trained now) predict for player `i`. With
+# `INTERACTIVE=True`, sliders for `i` and `r` redraw the panels (the explainers are scored only at their own `r`).
+
+# %%
+walk = Walkthrough(suite, suite.backbone_names[0])
+view = walk.window(walk.player)
+savefig(window_figure(view), suite.path("figures", "01_walkthrough_window"))
+display(view.scores.round(4))
+if INTERACTIVE:
+    display(WalkthroughWidgets(walk, walk.player).box)
+
+# %% [markdown]
+# A few live optimiser steps of a fresh explainer on a handful of upstream images (every window of each, targets
+# computed on the fly; `profile.walk` sets the sizes), through the same training loop as below: the loss falls.
+
+# %%
+live = live_pretraining(suite, suite.backbone_names[0])
+savefig(live_loss_figure(live), suite.path("figures", "01_walkthrough_live"))
+display(live.iloc[[0, -1]].round(4))
 
 # %% [markdown]
 # ## Pre-train (or load) the three explainers

@@ -34,17 +34,40 @@ import torch
 from IPython.display import Markdown, display
 
 from tve_lib import Suite
+from tve_lib.explainers.tve import window_occlusion
 from tve_lib.gallery import attribution_gallery
 from tve_lib.io import write_csv
 from tve_lib.report.figures import SPEARMAN_OK
 from tve_lib.report.findings import transfer_finding
 from tve_lib.report.plots import savefig
 from tve_lib.studies.transfer import transfer_error
+from tve_lib.studies.walkthrough import map_pair_figure, transfer_by_hand, walk_player
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 ev = suite.profile.eval
 heads = {(b, t): {k: suite.head(b, t, k) for k in ("linear", "mlp")}
          for b in suite.backbone_names for t in suite.profile.tasks}
+
+# %% [markdown]
+# ## The transfer rule by hand: one image, one head, one player
+# For the first test image of the first task, the first backbone's linear head and the centre player `i`: the
+# head applied to the two predicted embeddings, `h_y(Φ⁺_i)` and `h_y(Φ⁻_i)`, and their difference; the same
+# player's exact quantity `f_y(x⊙W_i) − f_y(x⊙(1−W_i))` from two backbone calls; and the check that the first
+# difference is exactly what `explain` returns for that player (`agrees`). Then TVE's whole map beside the exact
+# one for that image (the player outlined).
+
+# %%
+b0, t0 = suite.backbone_names[0], suite.profile.tasks[0]
+bb0, tve0, head0 = suite.backbone(b0), suite.explainer(b0), heads[(b0, t0)]["linear"]
+raw0 = suite.task(t0).test.get(torch.tensor([suite.profile.walk.image]))[0]
+x0 = bb0.normalize(raw0.to(suite.device))
+player = walk_player(suite.profile, bb0)
+hand = transfer_by_hand(tve0, head0, x0, player)
+display(pd.Series(hand, name=f"{b0} · {t0} · linear head"))
+assert hand["agrees"], "the transfer rule by hand does not match explain()"
+exact0 = window_occlusion(bb0, head0, x0, torch.tensor([hand["class"]], device=x0.device), tve0.radius)
+fig = map_pair_figure(raw0[0], tve0.explain(x0, head0)[0].cpu(), exact0[0].cpu(), player)
+savefig(fig, suite.path("figures", "02_transfer_by_hand"))
 
 # %% [markdown]
 # ## Gallery: TVE maps (raw and pooled) per task and backbone, linear heads
