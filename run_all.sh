@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tve-suite: provision the environment, then run every notebook (default) or the tests.
 #   ./run_all.sh [--profile smoke|cpu|paper] [--only NN ...] [--keep-going] [--force] [--figures-only]
-#   ./run_all.sh --tests [pytest args]      # the test suite (what CI runs)
+#   ./run_all.sh --tests [pytest args]      # the test suite (what CI runs; -m browser: the JupyterLab browser test)
+#   ./run_all.sh --lab [--port N]           # JupyterLab on notebooks/ with the suite's kernel (prints the URL)
 # Environment: TVE_VENV (default .venv), DATA_DIR, WEIGHTS_DIR, DEVICE (auto|cpu|cuda).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,7 +10,7 @@ VENV="${TVE_VENV:-.venv}"
 
 provision() {
   local py="$VENV/bin/python"
-  if ! "$py" -c "import torch, torchvision, timm, papermill, captum, seaborn, sklearn, ipykernel, ipywidgets, tve_lib" 2>/dev/null; then
+  if ! "$py" -c "import torch, torchvision, timm, papermill, captum, seaborn, sklearn, ipykernel, ipywidgets, playwright, tve_lib" 2>/dev/null; then
     echo "[setup] creating $VENV (first run takes a few minutes)"
     python3 -m venv "$VENV"
     case "$(uname -m)" in
@@ -34,12 +35,28 @@ provision() {
   fi
 }
 
+# the browser test drives Debian's Chromium (no browser download); without it that test is skipped
+provision_browser() {
+  if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Debian's chromium for the JupyterLab browser test"
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1) || \
+      (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1) || \
+      echo "[setup] warning: could not install chromium; the browser test will be skipped"
+  fi
+}
+
 if [ "${1:-}" = "--tests" ]; then
   shift
   provision
+  provision_browser
   exec "$VENV/bin/python" -m pytest -q "$@"
 fi
 if [ "${1:-}" = "--setup-only" ]; then provision; exit 0; fi
+if [ "${1:-}" = "--lab" ]; then
+  shift
+  provision
+  exec "$VENV/bin/python" -m tve_lib.lab "$@"
+fi
 
 provision
 export PYTHONUNBUFFERED=1

@@ -10,6 +10,22 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory):
+    """Every notebook run by papermill in the smoke profile, once per session: ``<tmp>/results/smoke``.
+    ``TVE_SMOKE_RESULTS=<results>/smoke`` reuses an existing smoke run instead (developers)."""
+    from tve_lib import runner
+
+    if os.environ.get("TVE_SMOKE_RESULTS"):
+        from pathlib import Path
+
+        return Path(os.environ["TVE_SMOKE_RESULTS"])
+    out = tmp_path_factory.mktemp("results")
+    code = runner.run("smoke", results_dir=out, device="cpu", timeout=900)
+    assert code == 0, "a notebook failed in the smoke profile (see the log above)"
+    return out / "smoke"
+
+
+@pytest.fixture(scope="session")
 def smoke():
     return get_profile("smoke")
 

@@ -38,14 +38,6 @@ CONTRACT = {
 }
 
 
-@pytest.fixture(scope="session")
-def smoke_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("results")
-    code = runner.run("smoke", results_dir=out, device="cpu", timeout=900)
-    assert code == 0, "a notebook failed in the smoke profile (see the log above)"
-    return out / "smoke"
-
-
 def test_notebook_sources_are_built_and_stripped():
     assert nbbuild.build(check=True) == [], "run: python -m tve_lib.nbbuild"
     for nb in runner.notebook_list():

@@ -75,8 +75,10 @@ class TVEConfig:
     # images replaced by 2x2 composites of half-size upstream images and zoomed, shifted single images
     augment: str = "composite"
     augment_frac: float = 0.5
-    epochs: int = 60
-    n_images: int = 2000
+    # 3000 x 40 beat 2000 x 60 (the same optimiser steps) in the trials of docs/benchmarks.md; the store of
+    # 3000 images costs ~100 s on the cpu ViT, so pre-training stays under the 5-minute budget
+    epochs: int = 40
+    n_images: int = 3000
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -294,9 +296,10 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu", img_size=32, upstream="fashion_mnist", tasks=CPU_TASKS,
         backbones=_tiny_backbones(64, 4, 48), mean=FASHION_MEAN, std=FASHION_STD,
-        # budgets around the profile's (2000 images x 60 epochs, dense): 1/40x .. 1.3x of its training
-        scaling=ScalingConfig(dense=((250, 15), (500, 30), (1000, 45), (2000, 60), (2000, 80)),
-                              online=((2000, 1, 1), (2000, 2, 1), (2000, 4, 1), (2000, 8, 1), (2000, 16, 1))),
+        # dense budgets around the profile's (3000 images x 40 epochs): 1/30x of its training up to twice its
+        # images and training (above the profile's budget); online (K = 1) from 1,000 image-steps to 32x that
+        scaling=ScalingConfig(dense=((250, 15), (500, 30), (1000, 45), (3000, 40), (6000, 40)),
+                              online=((1000, 1, 1), (2000, 1, 1), (2000, 4, 1), (2000, 8, 1), (2000, 16, 1))),
     ),
     "smoke": Profile(
         name="smoke", img_size=32, upstream="fashion_mnist", tasks=CPU_TASKS,
