@@ -68,3 +68,9 @@ def test_acceptance_finding_follows_the_tables():
     f = acceptance_finding(verdict, ceiling, pi, {"vit": (1, 8)})
     assert "in 0 of 1" in f and "median **0.97**" in f and "median **0.62**" in f and "below its target" in f
     assert "loses to a weak baseline in 1 settings; in 1 of them" in f and "9 of 64 players" in f
+
+
+def test_the_readme_the_claims_block_goes_to_is_the_repositorys():
+    from tve_lib.report.readme import README
+
+    assert README.exists() and BEGIN in README.read_text() and END in README.read_text()

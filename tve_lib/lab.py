@@ -8,6 +8,7 @@ its token. `start_lab` is the same server as a subprocess, for tests.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import socket
@@ -27,13 +28,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def lab_command(port: int, token: str, notebook_dir: Path) -> list[str]:
+#: JupyterLab settings for a driven (test) session: every cell in the page, no news pop-up
+TEST_SETTINGS = {"@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+                 "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False}}
+
+
+def write_settings(settings_dir: Path, settings: dict[str, dict]) -> Path:
+    """Write JupyterLab user settings (``plugin id -> values``) under ``settings_dir``."""
+    for plugin, values in settings.items():
+        package, name = plugin.rsplit("/", 1)
+        f = Path(settings_dir) / package / f"{name}.jupyterlab-settings"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(values))
+    return Path(settings_dir)
+
+
+def lab_command(port: int, token: str, notebook_dir: Path, settings_dir: Path | None = None) -> list[str]:
     """The command line of a local JupyterLab server on ``notebook_dir``."""
     root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []  # CI containers run as root
+    own = [f"--LabApp.user_settings_dir={settings_dir}", f"--LabApp.workspaces_dir={settings_dir}"] \
+        if settings_dir else []
     return [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1", *root,
             f"--ServerApp.root_dir={notebook_dir}", f"--IdentityProvider.token={token}",
-            "--ServerApp.open_browser=False", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
-            "jupyterlab.NeverCheckForUpdate"]
+            "--ServerApp.open_browser=False", *own]
 
 
 def lab_url(port: int, token: str, path: str = "lab") -> str:
@@ -41,11 +58,13 @@ def lab_url(port: int, token: str, path: str = "lab") -> str:
 
 
 def start_lab(notebook_dir: Path, port: int | None = None, token: str | None = None, timeout: float = 120.0,
-              log: Path | None = None) -> tuple[subprocess.Popen, str, int, str]:
-    """Start JupyterLab on ``notebook_dir`` and wait until it answers: ``(process, url, port, token)``."""
+              log: Path | None = None, settings_dir: Path | None = None) -> tuple[subprocess.Popen, str, int, str]:
+    """Start JupyterLab on ``notebook_dir`` and wait until it answers: ``(process, url, port, token)``.
+    ``settings_dir``: user settings and workspaces of this server only (see `write_settings`)."""
     port, token = port or free_port(), token or secrets.token_hex(16)
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (the server outlives this call)
-    proc = subprocess.Popen(lab_command(port, token, Path(notebook_dir)), stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(lab_command(port, token, Path(notebook_dir), settings_dir), stdout=out,
+                            stderr=subprocess.STDOUT)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:

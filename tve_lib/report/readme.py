@@ -17,7 +17,7 @@ from ..io import atomic_path
 from .book import markdown_table
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"  # the repository root (tve_lib/report/..)
 
 
 def claims_block(root: Path) -> str:
