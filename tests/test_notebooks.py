@@ -26,6 +26,10 @@ CONTRACT = {
                                           "steps", "targets_seen", "pretrain_seconds", "heldout_ratio",
                                           "transfer_spearman", "topk_overlap", "fid_plus_ratio_to_occlusion",
                                           "seed"]},
+    "03c_operators": {"fidelity/operators.csv": ["backbone", "task", "head", "method", "budget", "operator", "metric",
+                                                 "value", "n_images", "seed"],
+                      "fidelity/operator_agreement.csv": ["backbone", "task", "head", "metric", "operator_a",
+                                                          "operator_b", "kendall_tau", "n_methods"]},
     "04_throughput": {"throughput/throughput.csv": ["device", "threads", "backbone", "size", "method", "budget",
                                                     "batch_size", "n_tasks", "images_per_s", "ms_per_image",
                                                     "ratio_to_inference", "repeats"]},
@@ -106,6 +110,32 @@ def test_scaling_study(smoke_results):
     dense = sc[sc.sampler == "dense"]
     assert (dense.windows_per_image == 64).all() and (sc[sc.sampler == "online"].windows_per_image < 64).all()
     assert (smoke_results / "figures" / "03b_scaling.png").exists()
+
+
+def test_operator_study(smoke_results):
+    ops = pd.read_csv(smoke_results / "fidelity" / "operators.csv")
+    assert set(ops.operator) == {"mean", "blur", "other"}
+    assert set(ops.metric) == {"fid_plus_auc", "fid_minus_auc", "deletion_auc", "insertion_auc"}
+    assert {"tve", "occlusion", "random", "kernelshap"} <= set(ops.method)
+    ag = pd.read_csv(smoke_results / "fidelity" / "operator_agreement.csv")
+    assert ag.groupby(["backbone", "task", "head"]).ngroups == 18  # every setting of the profile
+    assert len(ag) == 18 * 4 * 3 and ag.kendall_tau.dropna().between(-1, 1).all() and (ag.n_methods >= 8).all()
+    # under the default operator the study re-scores notebook 03's own maps: its values are 03's
+    per = pd.read_csv(smoke_results / "fidelity" / "operators_per_image.csv")
+    ref = pd.read_csv(smoke_results / "fidelity" / "per_image.csv")
+    keys = ["backbone", "task", "head", "method", "budget", "metric", "image_id"]
+    j = per[per.operator == "mean"].merge(ref[ref.metric.isin(["fid_plus_auc", "fid_minus_auc"])], on=keys)
+    assert len(j) == len(per[(per.operator == "mean") & per.metric.isin(["fid_plus_auc", "fid_minus_auc"])])
+    assert (j.value_x - j.value_y).abs().max() < 1e-5
+    # the other operators change the scores
+    wide = per.pivot_table(index=keys, columns="operator", values="value")
+    assert (wide["blur"] - wide["mean"]).abs().max() > 1e-3 and (wide["other"] - wide["mean"]).abs().max() > 1e-3
+    for head in ("linear", "mlp"):
+        assert (smoke_results / "figures" / f"03c_operators_{head}.png").exists()
+    claims = pd.read_csv(smoke_results / "claims.csv").set_index("id")
+    for cid in ("tve_fidelity", "tve_no_training"):
+        text = claims.loc[cid, "operators"]
+        assert text.startswith("holds under all operators") or "changes under" in text, text
 
 
 def test_fidelity_reruns_after_later_notebooks_appended(smoke_results):

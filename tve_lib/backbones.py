@@ -10,6 +10,8 @@ paper it loads pretrained weights offline (a file in WEIGHTS_DIR or the Hugging 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
@@ -23,6 +25,7 @@ from .config import BackboneSpec, BackboneTrain, Profile
 from .data import ImageSet, iter_batches
 from .io import checkpoint, resume, save_torch
 from .masking import apply_mask
+from .operators import RemovalOperator
 
 
 def derive_grid(model: nn.Module, img_size: int, max_grid: int) -> tuple[int, int]:
@@ -45,6 +48,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.model, self.name, self.img_size = model, name, img_size
         self.removal_value = removal_value
+        self.operator: RemovalOperator | None = None  # None: the removal value (`removal`)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.grid, self.patch = derive_grid(model, img_size, max_grid)
@@ -121,7 +125,20 @@ class Backbone(nn.Module):
 
     def mask(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """The shared removal operator on this backbone's grid."""
-        return apply_mask(x, keep, self.grid, self.removal_value)
+        return apply_mask(x, keep, self.grid, self.removal_value, self.removal_fill(x))
+
+    def removal_fill(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The current operator's fill for normalised images ``x`` (None: the removal value)."""
+        return None if self.operator is None else self.operator.fill(x)
+
+    @contextmanager
+    def removal(self, operator: RemovalOperator | None) -> Iterator[Backbone]:
+        """Remove players with ``operator`` (`tve_lib.operators`) inside the block; the default after."""
+        prev, self.operator = self.operator, operator
+        try:
+            yield self
+        finally:
+            self.operator = prev
 
     @torch.no_grad()
     def embed_batched(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

@@ -121,6 +121,17 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class OperatorConfig:
+    """The removal-operator study (notebook 03c, `tve_lib.studies.operators`): notebook 03's maps scored
+    again with each operator removing the players (`tve_lib.operators`)."""
+
+    names: tuple[str, ...] = ("mean", "blur", "other")
+    n_images: int = 64  # the first n of notebook 03's evaluation images per task (a reduced count)
+    blur_sigma: float = 0.0  # pixels; 0: one patch (a suite choice: a patch's detail is gone, its colour kept)
+    pool_size: int = 512  # donor images of the "other" operator: a seeded sample of the task's test split
+
+
+@dataclass(frozen=True)
 class ScalingConfig:
     """The scaling study of TVE pre-training (notebook 03b): budgets of both samplers, measured.
 
@@ -253,6 +264,7 @@ class Profile:
     xvec: XVecConfig = XVecConfig()
     ltx: LTXConfig = LTXConfig()
     walk: WalkConfig = WalkConfig()
+    operators: OperatorConfig = OperatorConfig()
 
     def backbone(self, name: str) -> BackboneSpec:
         """The spec of backbone ``name``; a clear error for an unknown name."""
@@ -326,6 +338,7 @@ PROFILES: dict[str, Profile] = {
                         n_accuracy=200, bench_batch_size=4, bench_repeats=1),
         ltx=LTXConfig(n_train=64, epochs=1, n_explain=4, ft_steps=3, ft_batch=4, time_repeats=1),
         walk=WalkConfig(n_images=4, batch_size=2, steps=4),
+        operators=OperatorConfig(n_images=4, pool_size=32),
     ),
     "paper": Profile(
         name="paper", img_size=224, upstream="imagefolder",
@@ -355,6 +368,7 @@ PROFILES: dict[str, Profile] = {
         # official LTX loss for ViT-B (λ = 50 on BCEWithLogits of the sigmoided mask)
         ltx=LTXConfig(mask_penalty="bce", lambda_mask=50.0, n_train=1000, epochs=30, n_explain=200, ft_batch=8),
         walk=WalkConfig(n_images=4, batch_size=2, steps=10),  # each step: 2 images x 2·G² ViT-B passes
+        operators=OperatorConfig(n_images=200, pool_size=1000),
     ),
 }
 

@@ -1,8 +1,9 @@
 """The one removal operator shared by every explainer and metric, and the TVE windows.
 
 Players are the ``G x G`` grid of pixel patches. Removing a player sets its pixels to the
-removal value in *normalised* input space (0 = the dataset mean colour, docs/method.md §1). Soft
-masks in [0, 1] (LTX) blend toward the same value, so hard and soft masking share one formula.
+removal value in *normalised* input space (0 = the dataset mean colour, docs/method.md §1), or,
+under another removal operator (`tve_lib.operators`), to a per-image fill. Soft masks in [0, 1]
+(LTX) blend toward the same fill, so hard and soft masking share one formula.
 """
 
 from __future__ import annotations
@@ -24,15 +25,23 @@ def players_to_pixels(keep: torch.Tensor, grid: int, img_size: int) -> torch.Ten
     return px.unsqueeze(-3)
 
 
-def apply_mask(x: torch.Tensor, keep: torch.Tensor, grid: int, removal_value: float = 0.0) -> torch.Tensor:
+def apply_mask(x: torch.Tensor, keep: torch.Tensor, grid: int, removal_value: float = 0.0,
+               fill: torch.Tensor | None = None) -> torch.Tensor:
     """Keep the players where ``keep`` is 1 and remove the rest.
 
     ``x``: normalised images ``[B, C, S, S]``. ``keep``: ``[B, P]``, ``[P]``, ``[B, G, G]`` or
     ``[B, K, P]`` (K masks per image: the result is ``[B, K, C, S, S]``). Hard (bool) or soft.
+    ``fill``: ``[B, C, S, S]`` values of removed pixels (a removal operator's); None: ``removal_value``.
+    Kept players are returned bit-identical.
     """
+    hard = keep.dtype == torch.bool
     px = players_to_pixels(keep.to(x.dtype), grid, x.shape[-1])
     if keep.ndim == 3 and keep.shape[-1] == grid * grid:  # [B, K, P]
         x = x.unsqueeze(1)
+        fill = fill.unsqueeze(1) if fill is not None else None
+    if fill is not None:
+        fill = fill.to(x.dtype)
+        return torch.where(px.bool(), x, fill) if hard else x * px + fill * (1 - px)
     if removal_value == 0.0:
         return x * px
     return x * px + removal_value * (1 - px)

@@ -27,6 +27,9 @@ TABLES = {
     "sweep": "xvec/lambda_sweep.csv",
     "ltx_trajectory": "ltx/trajectory.csv",
     "xvec_comparison": "xvec/comparison.csv",
+    "operators": "fidelity/operators.csv",
+    "operator_agreement": "fidelity/operator_agreement.csv",
+    "operators_per_image": "fidelity/operators_per_image.csv",
 }
 
 # ---- fidelity (notebooks 03, 03b, 05, 06, 09)
@@ -51,6 +54,14 @@ AUC_NAMES = {"fid_plus": "fid_plus_auc", "fid_minus": "fid_minus_auc", "pos": "p
 DIRECTION = {"fid_plus_auc": 1, "fid_minus_auc": -1, "pos_auc": -1, "neg_auc": 1, "deletion_auc": -1,
              "insertion_auc": 1, "shapley_spearman": 1, "shapley_topk": 1, "pointing_game": 1,
              "mass_in_region": 1}
+
+# ---- removal operators (notebook 03c): notebook 03's maps scored with each operator removing players
+OPERATOR_COLUMNS = ["backbone", "task", "head", "method", "budget", "operator", "metric", "value", "n_images", "seed"]
+OPERATOR_KEYS = ["backbone", "task", "head", "method", "budget", "operator", "metric", "seed"]
+OPERATOR_METRICS = ("fid_plus_auc", "fid_minus_auc", "deletion_auc", "insertion_auc")
+OPERATORS_PER_IMAGE_KEYS = ["backbone", "task", "head", "method", "budget", "operator", "metric", "image", "seed"]
+AGREEMENT_COLUMNS = ["backbone", "task", "head", "metric", "operator_a", "operator_b", "kendall_tau", "n_methods"]
+AGREEMENT_KEYS = ["backbone", "task", "head", "metric", "operator_a", "operator_b"]
 
 # ---- TVE scaling study (notebook 03b)
 SCALING_COLUMNS = ["backbone", "sampler", "arch", "n_images", "epochs", "windows_per_image", "steps",

@@ -123,7 +123,7 @@ def apply_soft_mask(backbone: Backbone, x: torch.Tensor, mask: torch.Tensor,
         raise ValueError(f"unknown upsample {upsample!r}; expected one of: {', '.join(UPSAMPLES)}")
     s = x.shape[-1]
     px = F.interpolate(mask.unsqueeze(1), size=(s, s), mode="bilinear", align_corners=False).squeeze(1)
-    return apply_mask(x, px, s, backbone.removal_value)
+    return apply_mask(x, px, s, backbone.removal_value, backbone.removal_fill(x))
 
 
 def ltx_loss(backbone: Backbone, head: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor,

@@ -61,7 +61,10 @@ DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.f
 
 def backbone_digest(bb: Backbone) -> str:
     """A short hash of the backbone's weights (and its normalisation and removal value)."""
-    h = hashlib.sha1(repr((bb.name, bb.img_size, bb.grid, bb.removal_value)).encode())
+    parts = (bb.name, bb.img_size, bb.grid, bb.removal_value)
+    if bb.operator is not None:  # targets built under another removal operator are other targets
+        parts += (bb.operator.key,)
+    h = hashlib.sha1(repr(parts).encode())
     for k, v in sorted(bb.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())

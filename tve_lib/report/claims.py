@@ -20,6 +20,7 @@ import pandas as pd
 from ..config import XVecConfig
 from ..schema import CLAIM_COLUMNS, DIRECTION, NO_ARCH, SELECTIONS, SELF_HEAD
 from .fidelity import tve_verdict
+from .operators import operator_robustness, operator_verdicts
 from .tables import MissingData, _throughput, ltx_rows, main_summary, need
 
 if TYPE_CHECKING:
@@ -452,4 +453,22 @@ def claims_table(tables: dict[str, pd.DataFrame], profile: Profile | None = None
             ev = "; ".join(f"{r.backbone}/{r.task}: {r.evidence}" for r in sub.itertuples())
         rows.append(dict(id=cid, method="explainability vector", claim=claim, verdict=verdict, evidence=ev,
                          rule=f"{rule} (tve_lib.report.claims.xvec_target_claims); {_SHARE}"))
-    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+    out = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+    ops = claim_operators(tables)
+    out["operators"] = [ops.get(cid, "") for cid in out.id]
+    return out
+
+
+#: the fidelity claims the removal-operator study (notebook 03c) re-decides under each operator
+OPERATOR_RULES = {"tve_fidelity": claim_tve_fidelity, "tve_no_training": claim_tve_no_training}
+#: fidelity claims on methods of notebooks 05/06, which the study does not score again
+NOT_OPERATOR_STUDIED = ("ltx_finetune", "xvec_quality")
+
+
+def claim_operators(tables: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """Per fidelity claim: whether its verdict holds under every removal operator (notebook 03c's
+    ``fidelity/operators_per_image.csv``), or the operators under which it changes."""
+    if "operators_per_image" not in tables:
+        return {}
+    out = operator_robustness(operator_verdicts(tables["operators_per_image"], OPERATOR_RULES))
+    return out | {cid: "not studied (notebook 03c scores notebook 03's methods)" for cid in NOT_OPERATOR_STUDIED}

@@ -30,8 +30,12 @@ def claims_block(root: Path) -> str:
             f"{run.get('device', {}).get('threads', '?')} threads on `{run.get('device', {}).get('device', '?')}`; "
             f"`./run_all.sh` wall time {run.get('wall_time_s', '?')} s over {len(walls)} notebooks "
             f"(`run.json`: `wall_time_s`). Verdicts and numbers from `{root.name}/claims.csv`:")
-    table = markdown_table(claims.rename(columns={"verdict": f"verdict ({root.name})", "evidence": "the numbers"}),
-                           ["claim", f"verdict ({root.name})", "the numbers"])
+    cols = ["claim", f"verdict ({root.name})", "the numbers"]
+    if "operators" in claims and claims.operators.fillna("").astype(str).str.len().any():
+        claims["operators"] = claims.operators.fillna("")
+        cols.append("removal operators (03c)")
+    table = markdown_table(claims.rename(columns={"verdict": f"verdict ({root.name})", "evidence": "the numbers",
+                                                  "operators": "removal operators (03c)"}), cols)
     return "\n".join([BEGIN, head, "", table, END])
 
 

@@ -191,15 +191,7 @@ def run_task(suite: Suite, backbone: str, task: str, methods: Sequence[str] | No
     """
     ev = suite.profile.eval
     bb = suite.backbone(backbone)
-    t = suite.task(task)
-    idx = evaluation_indices(t.test, ev.n_fidelity, suite.seed)
-    raw, _, masks = t.test.get(idx)
-    x = bb.normalize(raw.to(suite.device))
-    masks = masks.to(suite.device) if masks is not None else None
-    heads = [suite.head(backbone, task, k) for k in kinds]
-    with torch.no_grad():
-        emb = bb.embed_batched(x, ev.masked_batch_size)
-        targets = [head_logits(h, emb).argmax(-1) for h in heads]
+    idx, raw, masks, x, heads, targets = fidelity_inputs(suite, backbone, task, kinds)
     methods = [m for m in (methods or EXPLAINERS) if supports(m, bb)]
     say = print if progress else (lambda *a, **k: None)
 
@@ -207,7 +199,7 @@ def run_task(suite: Suite, backbone: str, task: str, methods: Sequence[str] | No
     refs = cached_shapley_references(suite, backbone, task, x, heads, kinds, targets)
     say(f"[{backbone}/{task}] exact Shapley ({len(refs[0].groups)} groups, {len(refs[0].values)} images): "
         f"{time.time() - t0:.1f} s")
-    runs, timing, amort = _explain_all(suite, backbone, task, methods, kinds, x, heads, targets, say)
+    runs, timing, amort = fidelity_maps(suite, backbone, task, methods, kinds, x, heads, targets, say)
     gallery = {method_label(m, bud): maps[0][: ev.n_gallery].detach().cpu() for m, bud, _, maps in runs}
 
     t0 = time.time()
@@ -226,6 +218,52 @@ def run_task(suite: Suite, backbone: str, task: str, methods: Sequence[str] | No
     ng = min(ev.n_gallery, len(x))
     return TaskResult(concat(curves), concat(summary), pd.DataFrame(timing), amort, pi, gallery,
                       raw[:ng].cpu(), None if masks is None else masks[:ng].cpu())
+
+
+def fidelity_inputs(suite: Suite, backbone: str, task: str, kinds: Sequence[str] = HEAD_KINDS
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, list[nn.Module],
+                               list[torch.Tensor]]:
+    """Notebook 03's images of one backbone × task: ``(test indices, raw, region masks or None,
+    normalised x, heads, targets)``; targets are each head's class predicted on the full image."""
+    ev = suite.profile.eval
+    bb = suite.backbone(backbone)
+    t = suite.task(task)
+    idx = evaluation_indices(t.test, ev.n_fidelity, suite.seed)
+    raw, _, masks = t.test.get(idx)
+    x = bb.normalize(raw.to(suite.device))
+    masks = masks.to(suite.device) if masks is not None else None
+    heads = [suite.head(backbone, task, k) for k in kinds]
+    with torch.no_grad():
+        emb = bb.embed_batched(x, ev.masked_batch_size)
+        targets = [head_logits(h, emb).argmax(-1) for h in heads]
+    return idx, raw, masks, x, heads, targets
+
+
+def fidelity_maps(suite: Suite, backbone: str, task: str, methods: Sequence[str], kinds: Sequence[str],
+                  x: torch.Tensor, heads: list[nn.Module], targets: list[torch.Tensor],
+                  say: Callable[..., None] = print
+                  ) -> tuple[list[tuple[str, int, int, list[torch.Tensor]]], list[dict], pd.DataFrame]:
+    """`_explain_all`, cached in the suite's checkpoints with the seconds measured when the maps were
+    made: notebook 03 computes them, the operator study (03c) and a resumed run read them back."""
+    prof = {k: v for k, v in suite.profile.to_dict().items() if k != "operators"}  # maps are made before them
+    key = digest(prof, backbone, task, tuple(methods), tuple(kinds), suite.seed,
+                 float(x.double().sum()), len(x))
+
+    def build():
+        return _explain_all(suite, backbone, task, methods, kinds, x, heads, targets, say)
+
+    def dump(res):
+        runs, timing, amort = res
+        return {"runs": [(m, b, n, [a.detach().cpu() for a in maps]) for m, b, n, maps in runs],
+                "timing": timing, "amort": amort.to_dict("records")}
+
+    def restore(p: dict):
+        say(f"[{backbone}/{task}] maps of {len(p['runs'])} method runs read from the cache")
+        runs = [(m, b, n, [a.to(x.device) for a in maps]) for m, b, n, maps in p["runs"]]
+        return runs, p["timing"], pd.DataFrame(p["amort"])
+
+    return cached(suite.ckpt_dir / f"maps_{backbone}_{file_safe(task)}_{key}.pt", build, restore,
+                  "attribution maps", dump=dump)
 
 
 def _explain_all(suite: Suite, backbone: str, task: str, methods: Sequence[str], kinds: Sequence[str],
