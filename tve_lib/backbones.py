@@ -192,8 +192,16 @@ def create_model(spec: BackboneSpec, num_classes: int, weights_dir: str | Path |
     if not spec.pretrained:
         return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **spec.kwargs)
     path = find_weights(spec, weights_dir)
-    return timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes,
-                             pretrained_cfg_overlay=dict(file=str(path)), **spec.kwargs)
+    try:
+        return timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes,
+                                 pretrained_cfg_overlay=dict(file=str(path)), **spec.kwargs)
+    except RuntimeError as e:  # load_state_dict: missing keys or shapes that do not fit
+        if "size mismatch" not in str(e) and "Missing key" not in str(e) and "Unexpected key" not in str(e):
+            raise
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "key" in ln), str(e))
+        raise ValueError(f"backbone {spec.name!r}: the weights in {path} do not fit timm model {spec.timm_name!r} "
+                         f"({first[:300]}). Put the weights of {spec.timm_name} there (WEIGHTS_DIR/"
+                         f"{spec.timm_name}.safetensors).") from None
 
 
 def find_weights(spec: BackboneSpec, weights_dir: str | Path | None) -> Path:

@@ -230,6 +230,12 @@ class BenchConfig:
     paper_time_budget_s_cpu: float = 240.0  # with the cpu profile's section: notebook 04 in <= 8 min
     paper_task_batch_size_cpu: int = 1  # task scaling where TVE is measured, not estimated
     paper_head_classes: tuple[int, ...] = (2, 10, 10)  # Cats-vs-dogs, Imagenette, CIFAR-10
+    # the paper loader (tve_lib.studies.loading): generated ImageNet-like JPEGs read at 224 px per worker count,
+    # beside the images/s one paper-size TVE pre-training step consumes (batch loader_step_batch, random weights)
+    loader_images: int = 256
+    loader_workers: tuple[int, ...] = (0, 1, 2)
+    loader_batch_size: int = 32
+    loader_step_batch: int = 8
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,9 @@ class Profile:
     mean: tuple[float, ...] | None = None  # None: the backbone's pretrained_cfg
     std: tuple[float, ...] | None = None
     n_upstream_val: int = 5000
+    # processes decoding a file-backed image set (ImageFolder, torchvision sets; tve_lib.loader): -1 = the
+    # cores available, 0 = in the calling process. The in-memory cpu sets never use them
+    data_workers: int = -1
     backbone_train: BackboneTrain = BackboneTrain()
     head_train: HeadTrain = HeadTrain()
     tve: TVEConfig = TVEConfig()
@@ -332,7 +341,8 @@ PROFILES: dict[str, Profile] = {
                         ablation_epochs=1, ablation_images=256, ablation_n_images=8),
         bench=BenchConfig(batch_sizes=(1, 4), budgets=(16, 32), task_batch_size=4, max_measure_s=1.0,
                           time_budget_s=20.0, paper_backbones=("vit",), paper_batch_sizes_cpu=(1,),
-                          paper_repeats_cpu=1, paper_max_measure_s_cpu=3.0, paper_time_budget_s_cpu=15.0),
+                          paper_repeats_cpu=1, paper_max_measure_s_cpu=3.0, paper_time_budget_s_cpu=15.0,
+                          loader_images=16, loader_batch_size=8, loader_step_batch=1),
         xvec=XVecConfig(expl_hidden=16, steps=4, batch_size=16, n_source=32, n_source_val=16, n_target_sup=8,
                         shap_budget=160, lambdas=(0.0, 1.0), n_eval=8, n_shapley=2, shapley_groups=(2, 2),
                         n_accuracy=200, bench_batch_size=4, bench_repeats=1),

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .config import Profile
 from .imagefolder import FolderScan, load_image, scan_imagefolder
+from .loader import load_batches
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
@@ -59,6 +60,16 @@ class ImageSet:
     def get(self, idx: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Images ``[n, C, S, S]`` in [0, 1], labels ``[n]``, masks ``[n, S, S]`` or None."""
         raise NotImplementedError
+
+    #: True for sets that decode files (read through `tve_lib.loader`'s worker processes)
+    file_backed = False
+    #: decoding processes of a file-backed set (-1: the cores available; 0: in the calling process)
+    workers = -1
+
+    def item(self, i: int) -> tuple[torch.Tensor, int]:
+        """One decoded image ``[C, S, S]`` and its label (file-backed sets; what a loader worker runs)."""
+        x, y, _ = self.get(torch.tensor([i]))
+        return x[0], int(y[0])
 
     def subset(self, idx: torch.Tensor | Sequence[int]) -> ImageSet:
         return SubsetImageSet(self, torch.as_tensor(idx, dtype=torch.long))
@@ -106,6 +117,17 @@ class SubsetImageSet(ImageSet):
         return self.base.get(self.idx[torch.as_tensor(idx, dtype=torch.long)])
 
     @property
+    def file_backed(self) -> bool:
+        return self.base.file_backed
+
+    @property
+    def workers(self) -> int:
+        return self.base.workers
+
+    def item(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.base.item(int(self.idx[i]))
+
+    @property
     def fingerprint(self) -> str | None:
         """The base set's fingerprint and this subset's indices (None when the base has none)."""
         fp = getattr(self.base, "fingerprint", None)
@@ -125,14 +147,16 @@ class VisionDatasetImageSet(ImageSet):
         self.tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
                                       transforms.ToTensor()])
 
+    file_backed = True
+
+    def item(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.dataset[int(i)][0]
+        img = img.convert("RGB") if hasattr(img, "convert") else img
+        return self.tf(img), int(self._labels[i])
+
     def get(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)
-        imgs = []
-        for i in idx.tolist():
-            img = self.dataset[i][0]
-            img = img.convert("RGB") if hasattr(img, "convert") else img
-            imgs.append(self.tf(img))
-        return torch.stack(imgs), self._labels[idx], None
+        return torch.stack([self.item(i)[0] for i in idx.tolist()]), self._labels[idx], None
 
 
 class FolderImageSet(ImageSet):
@@ -143,9 +167,18 @@ class FolderImageSet(ImageSet):
         self._labels = torch.as_tensor(scan.labels, dtype=torch.long)
         self.fingerprint = scan.fingerprint  # what caches of this set are keyed on (not its path)
 
+    file_backed = True
+
+    def item(self, i: int) -> tuple[torch.Tensor, int]:
+        path = self.files[int(i)]
+        try:
+            return load_image(path, self.size), int(self._labels[i])
+        except Exception as e:  # a file the up-front scan did not decode (ImageNet: only a sample is checked)
+            raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e}); remove or replace it") from e
+
     def get(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return torch.stack([load_image(self.files[i], self.size) for i in idx.tolist()]), self._labels[idx], None
+        return torch.stack([self.item(i)[0] for i in idx.tolist()]), self._labels[idx], None
 
 
 @dataclass
@@ -170,12 +203,12 @@ class Task:
 def iter_batches(ds: ImageSet, batch_size: int, indices: torch.Tensor | None = None,
                  shuffle: bool = False, generator: torch.Generator | None = None,
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """Yield ``(images, labels, masks)`` batches of ``ds`` (optionally of ``indices`` only)."""
+    """Yield ``(images, labels, masks)`` batches of ``ds`` (optionally of ``indices`` only); a
+    file-backed set decodes in its ``workers`` processes (`tve_lib.loader.load_batches`)."""
     idx = torch.arange(len(ds)) if indices is None else torch.as_tensor(indices)
     if shuffle:
         idx = idx[torch.randperm(len(idx), generator=generator)]
-    for s in range(0, len(idx), batch_size):
-        yield ds.get(idx[s:s + batch_size])
+    yield from load_batches(ds, [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)])
 
 
 # ----------------------------------------------------------------------------- sources
@@ -254,6 +287,7 @@ def load_upstream(profile: Profile, data_dir: str | Path | None = None) -> tuple
     elif profile.upstream == "imagefolder":
         # ImageNet's 1.28 M files: extensions and hidden folders only, no per-file decode check
         full = _imagefolder("upstream", _upstream_folder(data_dir), profile.img_size, check=False)
+        full.workers = profile.data_workers
     else:
         raise KeyError(f"unknown upstream set {profile.upstream!r}")
     n_val = min(profile.n_upstream_val, len(full) // 5)
@@ -364,11 +398,44 @@ def make_fashion_mosaic(profile: Profile, data_dir=None, seed: int = 0, n: int =
                 TensorImageSet("fashion_mosaic", imgs[te], y_t[te], names, masks[te]), names)
 
 
+class CifarBatches:
+    """CIFAR-10 in its python format (``root/cifar-10-batches-py``), ``ds[i] -> (PIL image, label)``.
+
+    Read here rather than by ``torchvision.datasets.CIFAR10``, which insists on the archive's checksums
+    (so a generated copy, as the paper dry run writes, could not be read)."""
+
+    def __init__(self, root: Path, train: bool):
+        import pickle
+
+        d = Path(root) / "cifar-10-batches-py"
+        names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        missing = [n for n in [*names, "batches.meta"] if not (d / n).is_file()]
+        if missing:
+            raise RuntimeError(f"{d} lacks {', '.join(missing)}")
+        data, self.targets = [], []
+        for n in names:
+            with open(d / n, "rb") as f:
+                e = pickle.load(f, encoding="latin1")
+            data.append(np.asarray(e["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            self.targets += list(e.get("labels", e.get("fine_labels", [])))
+        self.data = np.concatenate(data).transpose(0, 2, 3, 1)
+        with open(d / "batches.meta", "rb") as f:
+            self.classes = list(pickle.load(f, encoding="latin1")["label_names"])
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return Image.fromarray(self.data[i]), self.targets[i]
+
+
 def _paper_dataset(name: str, root: Path, train: bool):
     from torchvision import datasets
 
     if name == "cifar10":
-        ds = datasets.CIFAR10(str(root), train=train, download=False)
+        ds = CifarBatches(root, train)
         return ds, ds.targets, list(ds.classes)
     if name == "pets_binary":
         ds = datasets.OxfordIIITPet(str(root), split="trainval" if train else "test",
@@ -395,8 +462,10 @@ def make_paper_task(name: str, profile: Profile, data_dir=None, seed: int = 0) -
     except RuntimeError as e:
         raise FileNotFoundError(f"task {name!r}: dataset not found under {root} ({e}). On a machine "
                                 f"with internet run {PAPER_HINTS[name]}, then copy it there.") from None
-    return Task(name, VisionDatasetImageSet(name, tr, ytr, classes, profile.img_size),
-                VisionDatasetImageSet(name, te, yte, classes, profile.img_size), classes)
+    sets = [VisionDatasetImageSet(name, d, y, classes, profile.img_size) for d, y in ((tr, ytr), (te, yte))]
+    for ds in sets:
+        ds.workers = profile.data_workers
+    return Task(name, *sets, classes)
 
 
 def make_folder_task(path: str | Path, profile: Profile, seed: int = 0, cache_dir: Path | None = None) -> Task:
@@ -415,10 +484,11 @@ def make_folder_task(path: str | Path, profile: Profile, seed: int = 0, cache_di
         skipped = [dict(s, file=f"train/{s['file']}") for s in tr.skipped] + \
                   [dict(s, file=f"test/{s['file']}") for s in te.skipped]
         for ds in (tr, te):
-            ds.name = name
+            ds.name, ds.workers = name, profile.data_workers
         return Task(name, tr, te, tr.classes, skipped)
     full = _imagefolder("folder", path, profile.img_size, cache_dir)
     full.name = name = f"folder:{path.name}@{full.fingerprint[:8]}"
+    full.workers = profile.data_workers
     a, b = _split(len(full), int(0.7 * len(full)), np.random.default_rng(seed))
     return Task(name, full.subset(a), full.subset(b), full.classes, full.skipped)
 

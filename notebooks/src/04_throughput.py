@@ -56,7 +56,7 @@ import time
 
 import pandas as pd
 import torch
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from tve_lib import Suite
 from tve_lib.io import device_info, write_csv
@@ -64,6 +64,7 @@ from tve_lib.report import claims
 from tve_lib.report import throughput as report
 from tve_lib.report.plots import savefig
 from tve_lib.schema import method_label
+from tve_lib.studies import loading
 from tve_lib.studies import throughput as bench
 from tve_lib.studies.throughput_runs import run_plan
 
@@ -170,6 +171,27 @@ suite.write_run_json("throughput", {"PROFILE": PROFILE, "SEED": SEED, "DEVICE": 
                      device_info=device_info(suite.device), n_rows=len(throughput),
                      n_estimated=int(throughput.estimated.sum()), targets_met=int(checks.met.sum()),
                      targets=len(checks))
+
+# %% [markdown]
+# ## The paper loader: how many workers does a device need?
+#
+# At paper size every image set that decodes files (ImageNet, Pets, Imagenette) is read through a
+# `torch.utils.data.DataLoader` (`tve_lib.loader`: worker processes, prefetching, pinned memory on CUDA; the
+# worker count is the profile's `data_workers`, default the cores available). Below, the images per second it
+# delivers on generated ImageNet-like JPEGs (decode, resize, centre crop to 224 px; the time includes starting
+# the workers) for each worker count, beside the images per second that one pre-training step of the paper
+# profile's TVE explainer consumes on this device (ViT-B/16, random weights). A device needs about as many
+# workers as it takes for the loader to keep up with the step.
+
+# %%
+loader = loading.loader_rows(suite.path("checkpoints", "loader_bench_jpegs"), cfg.loader_images, cfg.loader_workers,
+                             cfg.loader_batch_size, seed=SEED)
+step = loading.step_row(suite.device, "vit", cfg.loader_step_batch, seed=SEED)
+loader_table = pd.concat([loader.assign(what="loader"),
+                          pd.DataFrame([dict(step, what="tve_step", img_size=224)])], ignore_index=True)
+write_csv(loader_table.assign(seed=SEED), suite.path("throughput", "loader.csv"))
+display(loader_table[["what", "workers", "batch_size", "images_per_s"]].round(2))
+display(Markdown(report.loader_finding(loader_table)))
 
 # %% [markdown]
 # **Reading the numbers.** On a shared CPU the timings are noisy (other processes compete for the cores; the

@@ -28,6 +28,7 @@ from ..backbones import Backbone
 from ..cache import UNUSABLE
 from ..data import ImageSet, content_digest
 from ..io import load_torch, save_torch, write_json
+from ..loader import load_batches
 from ..masking import windows
 
 
@@ -158,14 +159,15 @@ def window_store(bb: Backbone, train: ImageSet, root: Path, seed: int, radius: i
     per_call = max(1, chunk // (2 * bb.n_players))
 
     def compute(ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        keep, rem = [], []
-        for s in range(0, len(ids), per_call):
-            x = bb.normalize(train.get(ids[s:s + per_call])[0].to(dev))
+        keep, rem, xs = [], [], []
+        for raw, _, _ in load_batches(train, ids.split(per_call)):  # file-backed: decoded by loader workers
+            x = bb.normalize(raw.to(dev))
             k, r = all_window_embeddings(bb, x, radius, chunk)
             keep.append(k.to(dt).cpu())
             rem.append(r.to(dt).cpu())
+            xs.append(x)
         with torch.no_grad():  # g(x) in batches of `chunk` images, not one call per `per_call` images
-            base = bb.embed_batched(bb.normalize(train.get(ids)[0].to(dev)), chunk).to(dt).cpu()
+            base = bb.embed_batched(torch.cat(xs), chunk).to(dt).cpu()
         return {"keep": torch.cat(keep), "remove": torch.cat(rem), "base": base}
 
     return store, compute
@@ -183,9 +185,8 @@ def token_store(bb: Backbone, train: ImageSet, root: Path, seed: int, cfg, batch
 
     def compute(ids: torch.Tensor) -> dict[str, torch.Tensor]:
         out = []
-        for s in range(0, len(ids), batch):
-            x = bb.normalize(train.get(ids[s:s + batch])[0].to(dev))
-            out.append(tapped_inputs(bb, x, cfg)[0].to(dt).cpu())
+        for raw, _, _ in load_batches(train, ids.split(batch)):
+            out.append(tapped_inputs(bb, bb.normalize(raw.to(dev)), cfg)[0].to(dt).cpu())
         return {"tokens": torch.cat(out)}
 
     return store, compute

@@ -26,6 +26,7 @@ from ..backbones import Backbone
 from ..config import TVEConfig
 from ..data import ImageSet, iter_batches
 from ..io import checkpoint, resume, save_torch
+from ..loader import load_batches
 from ..masking import default_radius
 from .tve_targets import all_window_embeddings, token_store, upstream_order, window_store, window_targets
 
@@ -57,7 +58,35 @@ def tve_loss(pk: torch.Tensor, pr: torch.Tensor, tk: torch.Tensor, tr: torch.Ten
     return _mse(pk, tk, centred_weight), _mse(pr, tr, centred_weight)
 
 
-class OnlineSource:
+class _ImageFeed:
+    """The upstream images of each step, in the order of an epoch's plan: a file-backed set (ImageNet)
+    is decoded ahead by loader workers (`tve_lib.loader`), each rank reading only its slice."""
+
+    train: ImageSet
+    ids: torch.Tensor
+    bb: Backbone
+    _feed = None
+    needs_images = True  # False when every step's inputs are stored (the tapped explainer's tokens)
+
+    def plan(self, order: torch.Tensor, batch_size: int, rank: int, world: int) -> None:
+        """Prefetch the images of every step of ``order`` (positions into ``ids``) for this rank."""
+        if not self.train.file_backed:
+            return
+        slices = []
+        for s in range(0, len(order), batch_size):
+            pos = order[s:s + batch_size]
+            slices.append(self.ids[pos[(len(pos) * rank) // world:(len(pos) * (rank + 1)) // world]])
+        self._feed = load_batches(self.train, slices, pin_memory=self.bb.mean.device.type == "cuda")
+
+    def images(self, pos: torch.Tensor) -> torch.Tensor:
+        """Normalised images of ``ids[pos]`` (from the plan when there is one)."""
+        raw = next(self._feed)[0] if self._feed is not None else self.train.get(self.ids[pos])[0]
+        if len(raw) != len(pos):
+            raise RuntimeError(f"image feed out of step: {len(raw)} images for {len(pos)} positions")
+        return self.bb.normalize(raw.to(self.bb.mean.device, non_blocking=True))
+
+
+class OnlineSource(_ImageFeed):
     """Targets of K drawn windows per image computed by the backbone at every step."""
 
     def __init__(self, model: nn.Module, bb: Backbone, train: ImageSet, ids: torch.Tensor, radius: int, k: int,
@@ -70,7 +99,7 @@ class OnlineSource:
         return None if self.k is None else torch.randint(0, self.bb.n_players, (n, self.k), generator=gen)
 
     def batch(self, pos: torch.Tensor, centres: torch.Tensor | None):
-        x = self.bb.normalize(self.train.get(self.ids[pos])[0].to(self.bb.mean.device))
+        x = self.images(pos)
         if centres is None:
             tk, tr = all_window_embeddings(self.bb, x, self.radius, self.chunk)
         else:
@@ -80,7 +109,7 @@ class OnlineSource:
         return inp, base, tk, tr, centres
 
 
-class DenseSource:
+class DenseSource(_ImageFeed):
     """Every window of every image, read from the target store (and the token store if tapped)."""
 
     def __init__(self, model: nn.Module, bb: Backbone, train: ImageSet, ids: torch.Tensor, radius: int,
@@ -102,16 +131,14 @@ class DenseSource:
             # converted once to the training precision (exact from float16), not at every step
             self.data.update({k: v.to(dev, self.dtype) for k, v in data.items()})
             self.cost += cost
+        self.needs_images = "tokens" not in self.data
 
     def centres(self, n: int, gen: torch.Generator) -> None:
         return None
 
     def batch(self, pos: torch.Tensor, centres: None):
         d = {k: v[pos.to(v.device)] for k, v in self.data.items()}
-        if "tokens" in d:
-            inp = d["tokens"]
-        else:
-            inp = self.bb.normalize(self.train.get(self.ids[pos])[0].to(self.bb.mean.device))
+        inp = d["tokens"] if "tokens" in d else self.images(pos)
         return inp, d["base"], d["keep"], d["remove"], None
 
 
@@ -180,6 +207,8 @@ def _epoch(net: nn.Module, objs: dict[str, Any], source: DenseSource | OnlineSou
     rank, world = _dist()
     opt, sched = objs["opt"], objs["sched"]
     steps = math.ceil(len(order) / cfg.batch_size)
+    if source.needs_images:
+        source.plan(order, cfg.batch_size, rank, world)
     net.train()
     sk = sr = 0.0
     seen = 0
@@ -267,3 +296,24 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
         if part.exists():
             part.unlink()
     return state["history"]
+
+
+def step_seconds(model: nn.Module, backbone: Backbone, train: ImageSet, cfg: TVEConfig, steps: int = 1,
+                 seed: int = 0) -> list[float]:
+    """Seconds of each of ``steps`` pre-training steps (after one warm-up step) of ``model`` on the first
+    images of ``train``, through the one training loop: what a step costs, and so how many images per
+    second it consumes (``cfg.batch_size`` / seconds). Trains ``model``: give it a throwaway copy."""
+    radius = cfg.radius or default_radius(backbone.grid)
+    n = cfg.batch_size
+    ids = torch.arange(min(n, len(train)))
+    source = OnlineSource(model, backbone, train, ids, radius, cfg.windows_per_image, cfg.target_batch_size)
+    objs = _optimiser(model, cfg, steps + 1)
+    out = []
+    for i in range(steps + 1):
+        gen = torch.Generator().manual_seed(seed * 1000 + i)
+        t0 = time.perf_counter()
+        _epoch(model, objs, source, cfg, torch.arange(len(ids)), gen, i, "", False, None)
+        if backbone.mean.device.type == "cuda":
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t0)
+    return out[1:]

@@ -15,7 +15,7 @@ import seaborn as sns
 from matplotlib.ticker import NullLocator
 
 from ..schema import method_label
-from .claims import TARGETS
+from .claims import LOADER_SPEEDUP_OK, TARGETS
 
 
 def _labelled(df: pd.DataFrame) -> pd.DataFrame:
@@ -85,3 +85,23 @@ def task_scaling(df: pd.DataFrame) -> plt.Figure:
     g.set_ylabels("cost / one task")
     g.set_titles("{col_name}")
     return g.figure
+
+
+def loader_finding(loader: pd.DataFrame, speedup_ok: float = LOADER_SPEEDUP_OK) -> str:
+    """The paper loader in words, from ``throughput/loader.csv``: images/s per worker count over the
+    0-worker loader (target: 2 workers >= ``speedup_ok``x), beside one TVE pre-training step's."""
+    ld = loader[loader.what == "loader"].set_index("workers").images_per_s
+    step = loader[loader.what == "tve_step"]
+    parts = ["Paper loader (images/s): " + ", ".join(f"{int(w)} worker(s) {v:.1f}" for w, v in ld.items())]
+    if 0 in ld.index and 2 in ld.index:
+        r = ld[2] / ld[0]
+        parts.append(f"2 workers deliver {r:.2f}x the 0-worker loader (target >= {speedup_ok:g}x: "
+                     f"{'met' if r >= speedup_ok else 'missed'})")
+    if len(step):
+        s = step.iloc[0]
+        enough = ld[ld >= s.images_per_s]
+        parts.append(f"one paper-size TVE pre-training step ({s.backbone}, batch {int(s.batch_size)}, {s.device}) "
+                     f"consumes {s.images_per_s:.2f} images/s: "
+                     + (f"{int(enough.index.min())} worker(s) keep up" if len(enough) else
+                        "no measured worker count keeps up"))
+    return "; ".join(parts) + "."

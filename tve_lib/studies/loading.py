@@ -1,0 +1,70 @@
+"""Loader throughput (notebook 04): how many images per second the paper loader delivers, beside how
+many one TVE pre-training step consumes at paper size, so a user can read how many workers a device needs.
+
+`loader_rows`: images/s of reading generated ImageNet-like JPEGs (`tve_lib.synthetic`) through the
+paper path (`tve_lib.loader`: decode, resize, centre crop at 224 px) with 0, 1, 2, ... workers; the time
+includes starting the workers, as a pass over an epoch pays it. `step_row`: the images/s of one
+online TVE pre-training step of the paper profile (random weights, K = 1) on this device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..config import TVEConfig, get_profile
+from ..data import FolderImageSet, TensorImageSet
+from ..explainers.tve_model import build_explainer
+from ..explainers.tve_train import step_seconds
+from ..imagefolder import scan_imagefolder
+from ..loader import load_batches
+from ..synthetic import write_jpeg_folder
+from .throughput import paper_backbone
+
+LOADER_COLUMNS = ["device", "threads", "workers", "batch_size", "img_size", "n_images", "images_per_s", "seconds",
+                  "source"]
+
+
+def loader_rows(folder: str | Path, n_images: int, workers: Sequence[int], batch_size: int = 32,
+                img_size: int = 224, seed: int = 0, repeats: int = 1) -> pd.DataFrame:
+    """Images/s of reading ``n_images`` generated JPEGs under ``folder`` with each worker count
+    (the best of ``repeats`` passes), one row per count."""
+    n_classes = 4
+    root = write_jpeg_folder(folder, -(-n_images // n_classes), [f"c{i}" for i in range(n_classes)], seed)
+    ds = FolderImageSet("loader_bench", scan_imagefolder(root, check=False), img_size)
+    idx = torch.arange(min(n_images, len(ds)))
+    batches = list(idx.split(batch_size))
+    rows = []
+    for w in workers:
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            n = sum(len(x) for x, _, _ in load_batches(ds, batches, workers=w))
+            best = min(best, time.perf_counter() - t0)
+        rows.append(dict(device="cpu", threads=torch.get_num_threads(), workers=w, batch_size=batch_size,
+                         img_size=img_size, n_images=n, images_per_s=n / best, seconds=best,
+                         source="ImageFolder of generated JPEGs (decode + resize + centre crop)"))
+    return pd.DataFrame(rows, columns=LOADER_COLUMNS)
+
+
+def step_row(device: str | torch.device, backbone: str = "vit", batch_size: int = 8, steps: int = 1,
+             cfg: TVEConfig | None = None, seed: int = 0) -> dict:
+    """The images/s one TVE pre-training step of the paper profile consumes (random weights, random
+    images: pixel values do not change the cost), median over ``steps`` after a warm-up step."""
+    paper = get_profile("paper")
+    cfg = dataclasses.replace(cfg or paper.tve, batch_size=batch_size)
+    bb = paper_backbone(backbone, device).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    imgs = TensorImageSet("random", torch.rand(batch_size, 3, bb.img_size, bb.img_size, generator=gen),
+                          torch.zeros(batch_size, dtype=torch.long), ["x"])
+    torch.manual_seed(seed)
+    secs = sorted(step_seconds(build_explainer(bb, cfg), bb, imgs, cfg, steps, seed))
+    s = secs[len(secs) // 2]
+    return dict(device=torch.device(device).type, threads=torch.get_num_threads(), backbone=backbone,
+                batch_size=batch_size, sampler=cfg.sampler, windows_per_image=cfg.windows_per_image,
+                arch=cfg.arch, seconds_per_step=s, images_per_s=batch_size / s)
