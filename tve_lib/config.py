@@ -383,6 +383,46 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def dry_run_profile(paper: Profile, name: str = "paper-dry", backbones: tuple[BackboneSpec, ...] | None = None,
+                    img_size: int | None = None, players: int = 196) -> Profile:
+    """``paper`` at its true model sizes with random weights (the suite trains each backbone for one tiny
+    epoch instead of loading weights) on generated data (`tve_lib.synthetic.write_dry_data`), every image
+    count and step cut to a handful: ``./run_all.sh --profile paper --dry-run`` proves the whole path and
+    measures nothing. ``backbones`` / ``img_size`` swap in tiny models (the test of the same code); ``players``
+    (G², 196 for ViT-B/16 at 224 px) sizes KernelSHAP's supervision, which needs more than 2·G² calls."""
+    R = dataclasses.replace
+    ev = R(paper.eval, n_transfer=1, n_fidelity=2, n_shapley=1, shapley_groups=(2, 2), budgets=(16, 32),
+           budget_images=(2, 1), sparsities=(0.0, 0.5), perturbation_steps=(0.0, 0.5), deletion_steps=2,
+           bootstrap=20, n_gallery=1, ig_steps=2, batch_size=32, masked_batch_size=64, fastshap_images=8,
+           fastshap_samples=4, fastshap_epochs=1, fastshap_depth=1, fastshap_batch=4, fastshap_eval_images=1,
+           ablation_epochs=1, ablation_images=8, ablation_n_images=1)
+    return R(paper, name=name, img_size=img_size or paper.img_size,
+             backbones=tuple(R(b, pretrained=False) for b in (backbones or paper.backbones)),
+             n_upstream_val=8, backbone_train=BackboneTrain(epochs=1, n_images=16, batch_size=8),
+             head_train=HeadTrain(epochs=2),
+             tve=R(paper.tve, n_images=16, epochs=1, batch_size=8, n_heldout=4, target_batch_size=64),
+             scaling=ScalingConfig(n_test_images=1, online=((8, 1, 1), (16, 1, 1), (16, 2, 1), (16, 4, 1),
+                                                            (32, 4, 1))),
+             eval=ev,
+             bench=R(paper.bench, batch_sizes=(1,), repeats=1, budgets=(16, 32), n_tasks=2, task_batch_size=1,
+                     max_measure_s=10.0, time_budget_s=60.0, loader_images=32, loader_batch_size=8,
+                     loader_step_batch=1),
+             xvec=R(paper.xvec, backbones=paper.xvec.backbones[:1], train_blocks=1, expl_hidden=16, steps=2,
+                    batch_size=2, n_source=2, n_source_val=2, n_target_sup=2, shap_budget=2 * players + 8,
+                    lambdas=(0.0, 1.0), n_eval=1, n_accuracy=4, n_shapley=1, shapley_groups=(2, 2), compare_budget=16,
+                    bench_batch_size=1, bench_repeats=1),
+             ltx=R(paper.ltx, n_train=4, epochs=1, batch_size=2, n_explain=1, ft_steps=2, ft_batch=1,
+                   time_repeats=1),
+             walk=WalkConfig(n_images=1, batch_size=1, steps=1),
+             operators=OperatorConfig(n_images=1, pool_size=4))
+
+
+PROFILES["paper-dry"] = dry_run_profile(PROFILES["paper"])
+#: the same dry run on tiny models at 32 px: what the test suite runs (tests/test_dryrun.py)
+PROFILES["paper-dry-tiny"] = dry_run_profile(PROFILES["paper"], "paper-dry-tiny", _tiny_backbones(32, 2, 32), 32,
+                                             players=64)
+
+
 def _set_dotted(obj: Any, key: str, value: Any, full: str = "") -> Any:
     head, _, rest = key.partition(".")
     if not dataclasses.is_dataclass(obj) or head not in {f.name for f in dataclasses.fields(obj)}:

@@ -111,7 +111,10 @@ def _auto_device() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
+    ap.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper", "paper-dry-tiny"])
+    ap.add_argument("--dry-run", action="store_true",
+                    help="paper profile only: true model sizes, random weights, generated data, a handful of "
+                         "images -> results/paper-dry/")
     ap.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 03")
     ap.add_argument("--keep-going", action="store_true")
     ap.add_argument("--force", action="store_true")
@@ -124,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=7200, help="per-cell timeout in seconds")
     a = ap.parse_args(argv)
     only = [FIGURES_NOTEBOOK] if a.figures_only else a.only
+    if a.dry_run or a.profile == "paper-dry-tiny":
+        if a.profile not in ("paper", "paper-dry-tiny"):
+            ap.error("--dry-run is a dry run of the paper profile: use --profile paper --dry-run")
+        a.profile = "paper-dry" if a.profile == "paper" else a.profile
+        a.data_dir = a.data_dir or str(Path(a.results_dir or REPO / "results") / a.profile / "data")
+        from .synthetic import write_dry_data
+
+        print(f"[dry ] generated data under {write_dry_data(a.data_dir, a.seed)}", flush=True)
     return run(a.profile, only, a.keep_going, a.force or a.figures_only, a.results_dir, a.seed,
                a.device, a.data_dir, a.weights_dir, a.timeout)
 

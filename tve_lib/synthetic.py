@@ -116,3 +116,14 @@ def write_cifar10(data_dir: str | Path, n_per_split: tuple[int, int], seed: int 
     with atomic_path(root / "batches.meta") as tmp:
         tmp.write_bytes(pickle.dumps({"label_names": names}))
     return root
+
+
+def write_dry_data(data_dir: str | Path, seed: int = 0) -> Path:
+    """Everything the paper profile reads, generated under ``data_dir`` (a handful of images each): the
+    upstream ImageFolder at ``upstream/`` and the three downstream sets in torchvision's layouts."""
+    data_dir = Path(data_dir)
+    write_jpeg_folder(data_dir / "upstream", 12, [f"class{i}" for i in range(4)], seed)
+    write_cifar10(data_dir, (40, 20), seed + 1)
+    write_oxford_pets(data_dir, (16, 8), seed + 2)
+    write_imagenette(data_dir, (2, 1), seed + 3)
+    return data_dir

@@ -102,7 +102,8 @@ display(source_sweep.pivot_table(index=["backbone", "lambda"], columns="metric",
 sweep = pd.concat([source_sweep] + [st.sweep(t) for st in studies.values() for t in suite.profile.tasks],
                   ignore_index=True)
 write_csv(sweep, suite.path("xvec", "lambda_sweep.csv"))
-show = ["accuracy", "fid_plus_auc", "fid_minus_auc", "shapley_spearman", "mass_in_region"]
+show = [m for m in ("accuracy", "fid_plus_auc", "fid_minus_auc", "shapley_spearman", "mass_in_region")
+        if m in set(sweep.metric)]  # mass_in_region: only tasks with known regions
 g = sns.relplot(data=sweep[sweep.metric.isin(show)], x="lambda", y="value", hue="task", style="backbone",
                 col="metric", col_order=show, kind="line", marker="o", height=2.8, aspect=1.0,
                 facet_kws={"sharey": False})
