@@ -1,6 +1,9 @@
 """Run by tests/test_tve.py under torchrun: pre-train a tiny TVE and dump the per-step losses.
 
-    ddp_worker.py OUT.json [ARCH SAMPLER]   (dense: rank 0 builds the target store beside OUT)
+    ddp_worker.py OUT.json [ARCH SAMPLER [DATA]]   (dense: rank 0 builds the target store beside OUT)
+
+DATA "files": the upstream images are a generated JPEG ImageFolder beside OUT, decoded by loader
+workers, each rank reading only its slice of every global batch (the paper path).
 """
 
 import json
@@ -26,6 +29,21 @@ imgs = torch.rand(96, 1, 32, 32, generator=g)
 train = TensorImageSet("synthetic", imgs[:64], torch.zeros(64), ["x"])
 val = TensorImageSet("synthetic", imgs[64:], torch.zeros(32), ["x"])
 arch, sampler = (sys.argv[2], sys.argv[3]) if len(sys.argv) > 3 else ("two", "online")
+if len(sys.argv) > 4 and sys.argv[4] == "files":
+    import torch.distributed as dist
+
+    from tve_lib.data import FolderImageSet  # noqa: E402
+    from tve_lib.imagefolder import scan_imagefolder  # noqa: E402
+    from tve_lib.synthetic import write_jpeg_folder  # noqa: E402
+
+    root = out.parent / "jpegs"
+    if rank == 0:
+        write_jpeg_folder(root, 24, ["a", "b", "c", "d"], seed=0, sizes=((40, 48), (48, 36)))
+    if world > 1:
+        dist.barrier()
+    files = FolderImageSet("jpegs", scan_imagefolder(root, check=False), 32)
+    files.workers = 1
+    train, val = files.subset(torch.arange(64)), files.subset(torch.arange(64, 96))
 cfg = TVEConfig(depth=1, embed_dim=32, mix_hidden=32, epochs=2, n_images=64, batch_size=16,
                 windows_per_image=2, n_heldout=16, lr=3e-3, arch=arch, sampler=sampler,
                 centred_weight=1.0 if sampler == "online" else 4.0)

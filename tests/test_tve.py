@@ -211,26 +211,28 @@ def test_resume_after_interrupted_epoch_gives_the_same_weights(tmp_path, cfg):
     assert not (tmp_path / "cut.partial.pt").exists()
 
 
-def _torchrun(n: int, out: Path, arch: str = "two", sampler: str = "online") -> dict:
+def _torchrun(n: int, out: Path, arch: str = "two", sampler: str = "online", data: str = "tensors") -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           str(Path(__file__).parent / "ddp_worker.py"), str(out), arch, sampler]
+           str(Path(__file__).parent / "ddp_worker.py"), str(out), arch, sampler, data]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("arch,sampler", [("two", "online"), ("tapped", "dense")])
-def test_ddp_two_processes_match_one_process(tmp_path, arch, sampler):
+@pytest.mark.parametrize("arch,sampler,data", [("two", "online", "tensors"), ("tapped", "dense", "tensors"),
+                                               ("tapped", "online", "files")])
+def test_ddp_two_processes_match_one_process(tmp_path, arch, sampler, data):
     """gloo, 2 CPU processes vs 1 with the same global batch.
 
     Every rank draws the same permutation and window centres and takes its half of each global
     batch; DDP averages the two half-batch gradients, which equals the full-batch mean gradient.
     Only float32 summation order differs (all-reduce vs one sum), so per-step losses agree to
     ~1e-6 relative; after 8 AdamW steps we allow 1e-4 relative, far below the step-to-step change.
+    ``files``: the paper path, JPEGs decoded by loader workers, each rank reading only its slice.
     """
-    one = _torchrun(1, tmp_path / "one.json", arch, sampler)
-    two = _torchrun(2, tmp_path / "two.json", arch, sampler)
+    one = _torchrun(1, tmp_path / "one.json", arch, sampler, data)
+    two = _torchrun(2, tmp_path / "two.json", arch, sampler, data)
     assert two["world"] == 2 and len(one["steps"]) == len(two["steps"]) == 8
     a = torch.tensor(one["steps"])[:, 1:]
     b = torch.tensor(two["steps"])[:, 1:]

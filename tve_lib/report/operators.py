@@ -98,9 +98,15 @@ def operator_figure(ops: pd.DataFrame, agreement: pd.DataFrame, head: str = "lin
         sns.boxplot(data=ag[ag.metric == metric], x="kendall_tau", y="pair", ax=axes[i, 1], color="0.8")
         sns.stripplot(data=ag[ag.metric == metric], x="kendall_tau", y="pair", ax=axes[i, 1], size=3)
         axes[i, 1].set(xlim=(-1.05, 1.05), xlabel="Kendall τ of method rankings", ylabel="")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    for ax in axes[:, 0]:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
     fig.suptitle(f"removal operators: method scores ({head} head, mean over settings) and ranking agreement "
-                 "(all settings)", y=1.0)
+                 "(all settings)", y=1.07)
     fig.tight_layout()
+    fig.legend(handles, labels, title="operator", loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, 1.0),
+               frameon=False)
     return fig
 
 

@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node=8 -m tve_lib.studies.distributed --profile paper --backbone vit deit swin \
         --data-dir /data --weights-dir /weights
+    torchrun --nproc_per_node=2 -m tve_lib.distributed --profile paper --dry-run   # gloo on CPU, generated data
 
 Each rank takes its slice of every global batch (`tve.pretrain`), so N processes follow the
 trajectory of one process with the same global batch; rank 0 writes the checkpoints that the
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from ..explainers import tve
+from ..synthetic import write_dry_data
 from .suite import Suite
 
 
@@ -41,8 +44,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--weights-dir", default="")
     ap.add_argument("--results-dir", default="results")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="the paper profile's dry run: true model sizes, random weights, generated data")
     a = ap.parse_args(argv)
     rank, world, device = init_distributed()
+    if a.dry_run:
+        if a.profile not in ("paper", "paper-dry-tiny"):
+            ap.error("--dry-run is a dry run of the paper profile: use --profile paper --dry-run")
+        a.profile = "paper-dry" if a.profile == "paper" else a.profile
+        a.data_dir = a.data_dir or str(Path(a.results_dir) / a.profile / "data")
+        if rank == 0:
+            write_dry_data(a.data_dir, a.seed)
+        if world > 1:
+            dist.barrier()
     suite = Suite(a.profile, a.seed, str(device), a.data_dir, a.weights_dir, a.results_dir)
     for name in a.backbone or suite.backbone_names:
         if rank == 0:
