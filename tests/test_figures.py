@@ -270,3 +270,12 @@ def test_share_verdict_and_markdown_table():
     assert C.share_verdict(0, 0) == "not measured"
     md = B.markdown_table(pd.DataFrame({"a": ["x|y"], "b": [1]}))
     assert md.splitlines()[2] == "| x\\|y | 1 |"
+
+
+def test_xvec_quality_claim_when_the_chosen_lambda_is_zero():
+    """λ* = 0: the vector-equipped model is the λ = 0 model, whose row the comparison also lists (found by
+    the paper dry run): the rule reads one value per metric."""
+    comp, sweep = xvec_frames(lam=0.0)
+    dup = comp[comp.method == "xvec"].assign(label="target model, λ=0")
+    c = C.claims_table({"xvec_comparison": pd.concat([comp, dup]), "sweep": sweep}).set_index("id")
+    assert c.loc["xvec_quality", "verdict"] == "reproduces"

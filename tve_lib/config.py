@@ -232,7 +232,7 @@ class BenchConfig:
     paper_head_classes: tuple[int, ...] = (2, 10, 10)  # Cats-vs-dogs, Imagenette, CIFAR-10
     # the paper loader (tve_lib.studies.loading): generated ImageNet-like JPEGs read at 224 px per worker count,
     # beside the images/s one paper-size TVE pre-training step consumes (batch loader_step_batch, random weights)
-    loader_images: int = 256
+    loader_images: int = 1024  # one pass at 0 workers takes a few seconds: worker start-up is amortised
     loader_workers: tuple[int, ...] = (0, 1, 2)
     loader_batch_size: int = 32
     loader_step_batch: int = 8

@@ -267,9 +267,8 @@ def lambda_gain(sweep: pd.DataFrame, lam: float, metrics: tuple[str, ...] = ("sh
     """Per task and metric: the value at λ = 0 and at ``lam`` and the signed gain (direction-aware)."""
     d = sweep[sweep.metric.isin(metrics) & sweep["lambda"].isin([0.0, lam])]
     piv = d.pivot_table(index=["task", "metric"], columns="lambda", values="value").reset_index()
-    piv = piv.rename(columns={0.0: "at_0", lam: "at_star"})
-    if "at_star" not in piv:  # λ* = 0
-        piv["at_star"] = piv["at_0"]
+    piv["at_star"] = piv[lam]  # λ* = 0: the λ = 0 column itself
+    piv = piv.rename(columns={0.0: "at_0"})
     piv["gain"] = [DIRECTION.get(m, 1) * (s - z) for m, s, z in zip(piv.metric, piv.at_star, piv.at_0)]
     return piv
 
@@ -279,8 +278,9 @@ def _quality_claims(comparison: pd.DataFrame, lam: float, cfg: XVecConfig) -> li
     out = []
     c = comparison[comparison["head"] == SELF_HEAD]
     for task, d in c.groupby("task"):
-        xv = d[(d.method == "xvec") & (d["lambda"] == lam)].set_index("metric")
-        ks = d[d.method == "kernelshap"].set_index("metric")
+        # at λ* = 0 the vector-equipped model is the λ = 0 model: its row appears twice, with one value
+        xv = d[(d.method == "xvec") & (d["lambda"] == lam)].drop_duplicates("metric").set_index("metric")
+        ks = d[d.method == "kernelshap"].drop_duplicates("metric").set_index("metric")
         ok, parts = 0, []
         for m in [m for m in QUALITY_METRICS if m in xv.index and m in ks.index]:
             a, b = xv.loc[m], ks.loc[m]
