@@ -71,6 +71,11 @@ class ImageSet:
         x, y, _ = self.get(torch.tensor([i]))
         return x[0], int(y[0])
 
+    def item_uint8(self, i: int) -> tuple[torch.Tensor, int]:
+        """`item` as uint8 pixels (x 255; ``item`` is exactly these / 255): what a loader worker sends."""
+        x, y = self.item(i)
+        return (x * 255).round().to(torch.uint8), y
+
     def subset(self, idx: torch.Tensor | Sequence[int]) -> ImageSet:
         return SubsetImageSet(self, torch.as_tensor(idx, dtype=torch.long))
 
@@ -127,6 +132,9 @@ class SubsetImageSet(ImageSet):
     def item(self, i: int) -> tuple[torch.Tensor, int]:
         return self.base.item(int(self.idx[i]))
 
+    def item_uint8(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.base.item_uint8(int(self.idx[i]))
+
     @property
     def fingerprint(self) -> str | None:
         """The base set's fingerprint and this subset's indices (None when the base has none)."""
@@ -146,13 +154,18 @@ class VisionDatasetImageSet(ImageSet):
         self._labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
                                       transforms.ToTensor()])
+        self.tf_uint8 = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
+                                            transforms.PILToTensor()])
 
     file_backed = True
 
-    def item(self, i: int) -> tuple[torch.Tensor, int]:
+    def item(self, i: int, as_uint8: bool = False) -> tuple[torch.Tensor, int]:
         img = self.dataset[int(i)][0]
         img = img.convert("RGB") if hasattr(img, "convert") else img
-        return self.tf(img), int(self._labels[i])
+        return (self.tf_uint8 if as_uint8 else self.tf)(img), int(self._labels[i])
+
+    def item_uint8(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.item(i, as_uint8=True)
 
     def get(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)
@@ -169,12 +182,15 @@ class FolderImageSet(ImageSet):
 
     file_backed = True
 
-    def item(self, i: int) -> tuple[torch.Tensor, int]:
+    def item(self, i: int, as_uint8: bool = False) -> tuple[torch.Tensor, int]:
         path = self.files[int(i)]
         try:
-            return load_image(path, self.size), int(self._labels[i])
+            return load_image(path, self.size, as_uint8), int(self._labels[i])
         except Exception as e:  # a file the up-front scan did not decode (ImageNet: only a sample is checked)
             raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e}); remove or replace it") from e
+
+    def item_uint8(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.item(i, as_uint8=True)
 
     def get(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)

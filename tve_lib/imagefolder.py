@@ -169,11 +169,13 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """``[3, size, size]`` in [0, 1]: `to_rgb`, shorter side resized to ``size``, centre-cropped."""
+def load_image(path: Path, size: int, as_uint8: bool = False) -> torch.Tensor:
+    """``[3, size, size]`` in [0, 1]: `to_rgb`, shorter side resized to ``size``, centre-cropped.
+    ``as_uint8``: the same pixels as uint8 (x 255), a quarter of the bytes for a loader worker to send."""
     from PIL import Image
     from torchvision import transforms
 
     with Image.open(path) as img:
         rgb = to_rgb(img)
-    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])(rgb)
+    last = transforms.PILToTensor() if as_uint8 else transforms.ToTensor()
+    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), last])(rgb)
