@@ -3,7 +3,7 @@ many one TVE pre-training step consumes at paper size, so a user can read how ma
 
 `loader_rows`: images/s of reading generated ImageNet-like JPEGs (`tve_lib.synthetic`) through the
 paper path (`tve_lib.loader`: decode, resize, centre crop at 224 px) with 0, 1, 2, ... workers, over one
-whole pass (starting the workers included; ``first_batch_s`` says how much of it was the wait for the
+whole pass (starting the workers included; ``first_batch_seconds`` says how much of it was the wait for the
 first batch). `step_row`: the images/s of one
 online TVE pre-training step of the paper profile (random weights, K = 1) on this device.
 """
@@ -28,7 +28,7 @@ from ..synthetic import write_jpeg_folder
 from .throughput import paper_backbone
 
 LOADER_COLUMNS = ["device", "threads", "workers", "batch_size", "img_size", "n_images", "images_per_s", "seconds",
-                  "first_batch_s", "source"]
+                  "first_batch_seconds", "source"]
 
 
 def loader_rows(folder: str | Path, n_images: int, workers: Sequence[int], batch_size: int = 32,
@@ -52,7 +52,7 @@ def loader_rows(folder: str | Path, n_images: int, workers: Sequence[int], batch
             if secs < best:
                 best, first = secs, t_first
         rows.append(dict(device="cpu", threads=torch.get_num_threads(), workers=w, batch_size=batch_size,
-                         img_size=img_size, n_images=n, images_per_s=n / best, seconds=best, first_batch_s=first,
+                         img_size=img_size, n_images=n, images_per_s=n / best, seconds=best, first_batch_seconds=first,
                          source="ImageFolder of generated JPEGs (decode + resize + centre crop)"))
     return pd.DataFrame(rows, columns=LOADER_COLUMNS)
 
