@@ -49,7 +49,7 @@ class FakeSuite:
     def backbone(self, name):
         return self._bbs[name]
 
-    def task(self, name):
+    def task(self, name, backbone=None):  # one decoding for every backbone (in-memory sets)
         return self._tasks[name]
 
     def tve_radius(self, name):

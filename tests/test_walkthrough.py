@@ -26,6 +26,9 @@ class WalkSuite(FakeSuite):
         t = self.task("plain")
         return t.train, t.test
 
+    def upstream_for(self, backbone):
+        return self.upstream
+
 
 @pytest.fixture(scope="module")
 def suite():

@@ -5,13 +5,21 @@ The explanation grid is derived from the model, never hard-coded: the finest tok
 both give 14x14 patches of 16 px; the cpu profile's tiny models give 8x8 patches of 4 px).
 In cpu/smoke the suite trains the backbones itself on the upstream set and caches them; in
 paper it loads pretrained weights offline (a file in WEIGHTS_DIR or the Hugging Face cache).
+
+Precision and compilation (the profile's ``precision`` and ``compile``, set by `wrap`): the model
+passes (`Backbone.embed`, `player_tokens`, `logits`) run under ``torch.autocast`` when
+`Backbone.amp_dtype` is set (``"auto"``: bf16 on a CUDA device that supports it, none on CPU, where
+the passes are exactly the plain fp32 calls) and always return float32; `Backbone.full_precision`
+turns autocast off for exact references. With a ``compile`` backend the passes are
+``torch.compile``d lazily, as functions of the model (no wrapper module: state dicts and weight
+digests are unchanged); `Backbone.uncompiled` runs them eagerly (hooks on the model's modules).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import timm
@@ -26,6 +34,7 @@ from .data import ImageSet, iter_batches
 from .io import checkpoint, resume, save_torch
 from .masking import apply_mask
 from .operators import RemovalOperator
+from .precision import amp_dtype_for, check_compile_backend, to_float32
 
 
 def derive_grid(model: nn.Module, img_size: int, max_grid: int) -> tuple[int, int]:
@@ -41,14 +50,26 @@ def derive_grid(model: nn.Module, img_size: int, max_grid: int) -> tuple[int, in
 
 
 class Backbone(nn.Module):
-    """A frozen timm model with its normalisation, grid and the shared removal operator."""
+    """A frozen timm model with its normalisation, grid and the shared removal operator.
+
+    ``precision`` (`tve_lib.config.PRECISIONS`, default ``"fp32"``; `wrap` sets the profile's) decides
+    `amp_dtype`, the autocast dtype of the model passes on the device the backbone lives on;
+    ``compile_backend`` ("" = off) compiles them.
+    """
 
     def __init__(self, model: nn.Module, name: str, img_size: int, mean, std,
-                 max_grid: int = 16, removal_value: float = 0.0):
+                 max_grid: int = 16, removal_value: float = 0.0, precision: str = "fp32",
+                 compile_backend: str = ""):
         super().__init__()
         self.model, self.name, self.img_size = model, name, img_size
         self.removal_value = removal_value
         self.operator: RemovalOperator | None = None  # None: the removal value (`removal`)
+        amp_dtype_for(precision, "cpu")  # a clear error for an unknown precision
+        self.precision = precision
+        self.compile_backend = check_compile_backend(compile_backend)
+        self._exact = 0  # depth of `full_precision` blocks
+        self._eager = 0  # depth of `uncompiled` blocks
+        self._compiled: dict[str, Callable] = {}  # lazily compiled passes (dropped on copy: `__getstate__`)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.grid, self.patch = derive_grid(model, img_size, max_grid)
@@ -59,6 +80,81 @@ class Backbone(nn.Module):
     @property
     def n_players(self) -> int:
         return self.grid * self.grid
+
+    # ------------------------------------------------------------------ precision and compilation
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the model passes (None: plain fp32 calls), from ``precision`` and the
+        device of the backbone's buffers; None inside `full_precision`."""
+        return None if self._exact else amp_dtype_for(self.precision, self.mean.device)
+
+    @amp_dtype.setter
+    def amp_dtype(self, dtype: torch.dtype | None) -> None:
+        if dtype is None:
+            self.precision = "fp32"
+        elif dtype == torch.bfloat16:
+            self.precision = "bf16"
+        else:
+            raise ValueError(f"amp_dtype must be None (fp32) or torch.bfloat16, got {dtype}")
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the passes compute in: the autocast dtype, else the weights' (float32)."""
+        return self.amp_dtype or self.mean.dtype
+
+    def autocast(self):
+        """``torch.autocast`` at `amp_dtype` on the backbone's device; a no-op context without one
+        (the TVE explainer's forward runs in it, `tve_lib.explainers.tve_model.explainer_forward`)."""
+        dt = self.amp_dtype
+        return nullcontext() if dt is None else torch.autocast(self.mean.device.type, dtype=dt)
+
+    @contextmanager
+    def full_precision(self) -> Iterator[Backbone]:
+        """No autocast inside the block: exact references (Shapley enumeration, the exact window
+        quantity) are computed in fp32 whatever the profile's precision."""
+        self._exact += 1
+        try:
+            yield self
+        finally:
+            self._exact -= 1
+
+    @contextmanager
+    def uncompiled(self) -> Iterator[Backbone]:
+        """The passes run eagerly inside the block: for hooks registered on the model's modules (rollout,
+        Grad-CAM), which a compiled graph would not see."""
+        self._eager += 1
+        try:
+            yield self
+        finally:
+            self._eager -= 1
+
+    def __getstate__(self) -> dict:
+        # a copy (copy.deepcopy in the explainability vector) compiles its own model's passes: the
+        # compiled functions hold the original model
+        state = self.__dict__.copy()
+        state["_compiled"] = {}
+        return state
+
+    def _pass(self, name: str) -> Callable:
+        """The model pass ``name`` (``embed``, ``tokens``, ``logits``), compiled when asked."""
+        m = self.model
+        fns = {"embed": lambda x: m.forward_head(m.forward_features(x), pre_logits=True),
+               "tokens": lambda x, n: m.forward_intermediates(x, indices=n, output_fmt="NCHW"),
+               "logits": lambda x: m(x)}
+        if not self.compile_backend or self._eager:
+            return fns[name]
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(fns[name], backend=self.compile_backend)
+        return self._compiled[name]
+
+    def _run(self, name: str, *args):
+        """``_pass(name)(*args)``, under autocast when `amp_dtype` is set (floating outputs as float32)."""
+        dt = self.amp_dtype
+        if dt is None:
+            return self._pass(name)(*args)
+        with torch.autocast(self.mean.device.type, dtype=dt):
+            out = self._pass(name)(*args)
+        return to_float32(out)
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw images in [0, 1], ``[B, 1|3, S, S]`` -> normalised 3-channel model input."""
@@ -84,7 +180,7 @@ class Backbone(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-logits embedding ``[B, D]`` of normalised images ``[B, 3, S, S]``."""
         self.check_input(x)
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self._run("embed", x)
 
     forward = embed
 
@@ -101,7 +197,13 @@ class Backbone(nn.Module):
             raise TypeError(f"{self.name}: {type(self.model).__name__} has no forward_intermediates; "
                             "the tapped TVE explainer needs a timm model that provides it")
         n_layers = min(n_layers, len(getattr(self.model, "feature_info", [])) or n_layers)  # Swin: 2 stages
-        final, maps = self.model.forward_intermediates(x, indices=n_layers, output_fmt="NCHW")
+        if self.amp_dtype is None:
+            return self._player_tokens(x, n_layers)
+        with torch.autocast(self.mean.device.type, dtype=self.amp_dtype):
+            return to_float32(self._player_tokens(x, n_layers))
+
+    def _player_tokens(self, x: torch.Tensor, n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        final, maps = self._pass("tokens")(x, n_layers)
         g = self.grid
         maps = [m if m.shape[-2:] == (g, g) else
                 F.interpolate(m, size=(g, g), mode="bilinear", align_corners=False) for m in maps]
@@ -121,7 +223,7 @@ class Backbone(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's own upstream classifier (cpu/smoke: trained by the suite)."""
         self.check_input(x)
-        return self.model(x)
+        return self._run("logits", x)
 
     def mask(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """The shared removal operator on this backbone's grid."""
@@ -237,9 +339,12 @@ def find_weights(spec: BackboneSpec, weights_dir: str | Path | None) -> Path:
 
 
 def wrap(model: nn.Module, spec: BackboneSpec, profile: Profile) -> Backbone:
+    """``model`` as the frozen `Backbone` of ``spec``, with the profile's normalisation, grid, removal value,
+    precision and compile backend (the autocast dtype follows the device the backbone is moved to)."""
     mean = profile.mean or model.pretrained_cfg.get("mean", (0.5, 0.5, 0.5))
     std = profile.std or model.pretrained_cfg.get("std", (0.5, 0.5, 0.5))
-    bb = Backbone(model, spec.name, profile.img_size, mean, std, profile.max_grid, profile.removal_value)
+    bb = Backbone(model, spec.name, profile.img_size, mean, std, profile.max_grid, profile.removal_value,
+                  profile.precision, profile.compile)
     bb.eval().requires_grad_(False)
     return bb
 
@@ -308,7 +413,7 @@ def train_backbone(bb: Backbone, train: ImageSet, profile: Profile, ckpt: Path, 
     return state["history"]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_accuracy(bb: Backbone, ds: ImageSet, batch_size: int, device: torch.device) -> float:
     """Top-1 accuracy of the backbone's own classifier on ``ds``."""
     correct = 0

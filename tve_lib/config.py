@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,7 @@ class EvalConfig:
     ablation_epochs: int = 30
     ablation_images: int = 300
     ablation_n_images: int = 100  # test images per task for the ablation metrics
+    ablation_radii: tuple[int, ...] = (-1, 0, 1, 2)  # the radius variants: offsets from the reference radius
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,8 @@ class BenchConfig:
     loader_workers: tuple[int, ...] = (0, 1, 2)
     loader_batch_size: int = 32
     loader_step_batch: int = 8
+    # one fidelity batch at paper size (ViT-B, random weights): its seconds and peak memory beside the step's
+    fidelity_batch: int = 32
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,10 @@ class WalkConfig:
     steps: int = 30
 
 
+#: `Profile.precision`: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -260,10 +268,24 @@ class Profile:
     removal_value: float = 0.0  # in normalised space: 0 is the dataset mean colour
     mean: tuple[float, ...] | None = None  # None: the backbone's pretrained_cfg
     std: tuple[float, ...] | None = None
+    # numeric precision of the frozen backbone's passes (embeddings, window targets, tapped tokens, logits) and
+    # of the TVE explainer's forward (`tve_lib.backbones.Backbone.amp_dtype`): "auto" = bf16 autocast on a CUDA
+    # device that supports it, fp32 elsewhere (a CPU run is today's fp32 path, bit for bit); "fp32"; "bf16"
+    # (autocast on any device). Exact references (Shapley enumeration, the exact window quantity) stay fp32
+    precision: str = "auto"
+    # torch.compile backend of the backbone's passes ("inductor", "eager", ...); "" = not compiled
+    compile: str = ""
     n_upstream_val: int = 5000
     # processes decoding a file-backed image set (ImageFolder, torchvision sets; tve_lib.loader): -1 = the
     # cores available, 0 = in the calling process. The in-memory cpu sets never use them
     data_workers: int = -1
+    # how a file-backed set is decoded for a backbone: "backbone" = that backbone's timm data config
+    # (tve_lib.preprocess: interpolation, crop percentage; paper), "plain" = resize + centre crop at img_size
+    preprocess: str = "plain"
+    # which backbone x task settings the evaluation notebooks (02, 03, 03b, 03c) run: "all", or "diagonal" (backbone
+    # i with task i: each backbone and each task once; the paper dry run, where one exact window quantity costs 2·G²
+    # ViT-B passes per image)
+    pairs: str = "all"
     backbone_train: BackboneTrain = BackboneTrain()
     head_train: HeadTrain = HeadTrain()
     tve: TVEConfig = TVEConfig()
@@ -274,6 +296,14 @@ class Profile:
     ltx: LTXConfig = LTXConfig()
     walk: WalkConfig = WalkConfig()
     operators: OperatorConfig = OperatorConfig()
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r} for profile {self.name!r}; expected one of: "
+                             f"{', '.join(PRECISIONS)}")
+        if not isinstance(self.compile, str):
+            raise ValueError(f"compile must be a torch.compile backend name (e.g. 'inductor') or '' (off), "
+                             f"got {self.compile!r}")
 
     def backbone(self, name: str) -> BackboneSpec:
         """The spec of backbone ``name``; a clear error for an unknown name."""
@@ -342,7 +372,7 @@ PROFILES: dict[str, Profile] = {
         bench=BenchConfig(batch_sizes=(1, 4), budgets=(16, 32), task_batch_size=4, max_measure_s=1.0,
                           time_budget_s=20.0, paper_backbones=("vit",), paper_batch_sizes_cpu=(1,),
                           paper_repeats_cpu=1, paper_max_measure_s_cpu=3.0, paper_time_budget_s_cpu=15.0,
-                          loader_images=16, loader_batch_size=8, loader_step_batch=1),
+                          loader_images=16, loader_batch_size=8, loader_step_batch=1, fidelity_batch=2),
         xvec=XVecConfig(expl_hidden=16, steps=4, batch_size=16, n_source=32, n_source_val=16, n_target_sup=8,
                         shap_budget=160, lambdas=(0.0, 1.0), n_eval=8, n_shapley=2, shapley_groups=(2, 2),
                         n_accuracy=200, bench_batch_size=4, bench_repeats=1),
@@ -351,7 +381,7 @@ PROFILES: dict[str, Profile] = {
         operators=OperatorConfig(n_images=4, pool_size=32),
     ),
     "paper": Profile(
-        name="paper", img_size=224, upstream="imagefolder",
+        name="paper", img_size=224, upstream="imagefolder", preprocess="backbone",
         tasks=("pets_binary", "imagenette", "cifar10"),
         backbones=(
             BackboneSpec("vit", "vit_base_patch16_224", pretrained=True),
@@ -370,7 +400,8 @@ PROFILES: dict[str, Profile] = {
                         budget_images=(1000, 200), fastshap_images=10000, fastshap_epochs=20,
                         fastshap_depth=6, fastshap_eval_images=200, ablation_epochs=2,
                         ablation_images=100_000, ablation_n_images=500),
-        bench=BenchConfig(paper_size=False, max_measure_s=60.0, time_budget_s=0.0),  # profile size is paper size
+        bench=BenchConfig(paper_size=False, max_measure_s=60.0, time_budget_s=0.0,  # profile size is paper size
+                          fidelity_batch=256),  # eval.masked_batch_size: the batch the metrics run on a GPU
         xvec=XVecConfig(backbones=("vit", "deit", "swin"), train_blocks=4, expl_hidden=768, steps=3000,
                         lr=1e-5, head_lr=1e-3, n_source=4000, n_source_val=1000, n_target_sup=1000,
                         shap_budget=1024, lambdas=(0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), n_eval=500,
@@ -391,12 +422,12 @@ def dry_run_profile(paper: Profile, name: str = "paper-dry", backbones: tuple[Ba
     measures nothing. ``backbones`` / ``img_size`` swap in tiny models (the test of the same code); ``players``
     (G², 196 for ViT-B/16 at 224 px) sizes KernelSHAP's supervision, which needs more than 2·G² calls."""
     R = dataclasses.replace
-    ev = R(paper.eval, n_transfer=1, n_fidelity=2, n_shapley=1, shapley_groups=(2, 2), budgets=(16, 32),
+    ev = R(paper.eval, n_transfer=1, n_fidelity=1, n_shapley=1, shapley_groups=(2, 2), budgets=(16, 32),
            budget_images=(2, 1), sparsities=(0.0, 0.5), perturbation_steps=(0.0, 0.5), deletion_steps=2,
            bootstrap=20, n_gallery=1, ig_steps=2, batch_size=32, masked_batch_size=64, fastshap_images=8,
            fastshap_samples=4, fastshap_epochs=1, fastshap_depth=1, fastshap_batch=4, fastshap_eval_images=1,
-           ablation_epochs=1, ablation_images=8, ablation_n_images=1)
-    return R(paper, name=name, img_size=img_size or paper.img_size,
+           ablation_epochs=1, ablation_images=8, ablation_n_images=1, ablation_radii=(0, 1))
+    return R(paper, name=name, img_size=img_size or paper.img_size, pairs="diagonal",
              backbones=tuple(R(b, pretrained=False) for b in (backbones or paper.backbones)),
              n_upstream_val=8, backbone_train=BackboneTrain(epochs=1, n_images=16, batch_size=8),
              head_train=HeadTrain(epochs=2),
@@ -406,7 +437,7 @@ def dry_run_profile(paper: Profile, name: str = "paper-dry", backbones: tuple[Ba
              eval=ev,
              bench=R(paper.bench, batch_sizes=(1,), repeats=1, budgets=(16, 32), n_tasks=2, task_batch_size=1,
                      max_measure_s=10.0, time_budget_s=60.0, loader_images=32, loader_batch_size=8,
-                     loader_step_batch=1),
+                     loader_step_batch=1, fidelity_batch=4),
              xvec=R(paper.xvec, backbones=paper.xvec.backbones[:1], train_blocks=1, expl_hidden=16, steps=2,
                     batch_size=2, n_source=2, n_source_val=2, n_target_sup=2, shap_budget=2 * players + 8,
                     lambdas=(0.0, 1.0), n_eval=1, n_accuracy=4, n_shapley=1, shapley_groups=(2, 2), compare_budget=16,
@@ -432,6 +463,16 @@ def _set_dotted(obj: Any, key: str, value: Any, full: str = "") -> Any:
     elif isinstance(getattr(obj, head), tuple) and isinstance(value, list):
         value = tuple(value)
     return dataclasses.replace(obj, **{head: value})
+
+
+#: environment variables the runner sets (``--precision``, ``--compile``) and every notebook's Suite applies
+PRECISION_ENV, COMPILE_ENV = "TVE_PRECISION", "TVE_COMPILE"
+
+
+def env_overrides() -> dict[str, Any]:
+    """Profile overrides from the environment: ``TVE_PRECISION`` -> ``precision``, ``TVE_COMPILE`` -> ``compile``."""
+    env = {PRECISION_ENV: "precision", COMPILE_ENV: "compile"}
+    return {field: os.environ[var] for var, field in env.items() if os.environ.get(var) is not None}
 
 
 def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:

@@ -15,6 +15,7 @@ Sources (offline first):
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import os
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from .config import Profile
 from .imagefolder import FolderScan, load_image, scan_imagefolder
 from .loader import load_batches
+from .preprocess import Preprocess, as_preprocess
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
@@ -78,6 +80,11 @@ class ImageSet:
 
     def subset(self, idx: torch.Tensor | Sequence[int]) -> ImageSet:
         return SubsetImageSet(self, torch.as_tensor(idx, dtype=torch.long))
+
+    def with_preprocess(self, preprocess: Preprocess) -> ImageSet:
+        """This set decoded with ``preprocess`` (a backbone's own transform); in-memory sets are already
+        at their size and return themselves."""
+        return self
 
 
 class TensorImageSet(ImageSet):
@@ -135,6 +142,10 @@ class SubsetImageSet(ImageSet):
     def item_uint8(self, i: int) -> tuple[torch.Tensor, int]:
         return self.base.item_uint8(int(self.idx[i]))
 
+    def with_preprocess(self, preprocess: Preprocess) -> ImageSet:
+        base = self.base.with_preprocess(preprocess)
+        return self if base is self.base else SubsetImageSet(base, self.idx)
+
     @property
     def fingerprint(self) -> str | None:
         """The base set's fingerprint and this subset's indices (None when the base has none)."""
@@ -143,26 +154,29 @@ class SubsetImageSet(ImageSet):
 
 
 class VisionDatasetImageSet(ImageSet):
-    """A torchvision dataset (PIL images) resized and centre-cropped to ``size`` on access."""
+    """A torchvision dataset (PIL images) decoded on access by ``size``'s transform (a bare size: resized
+    and centre-cropped to it; a `Preprocess`: a backbone's own)."""
 
-    def __init__(self, name: str, dataset, labels: Sequence[int], classes: list[str], size: int):
-        from torchvision import transforms
-
+    def __init__(self, name: str, dataset, labels: Sequence[int], classes: list[str], size: int | Preprocess):
         if len(dataset) == 0:
             raise ValueError(f"{name}: image set is empty")
         self.name, self.dataset, self.classes = name, dataset, classes
         self._labels = torch.as_tensor(list(labels), dtype=torch.long)
-        self.tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
-                                      transforms.ToTensor()])
-        self.tf_uint8 = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
-                                            transforms.PILToTensor()])
+        self.preprocess = as_preprocess(size)
 
     file_backed = True
+
+    def with_preprocess(self, preprocess: Preprocess) -> ImageSet:
+        if preprocess == self.preprocess:
+            return self
+        out = copy.copy(self)
+        out.preprocess = preprocess
+        return out
 
     def item(self, i: int, as_uint8: bool = False) -> tuple[torch.Tensor, int]:
         img = self.dataset[int(i)][0]
         img = img.convert("RGB") if hasattr(img, "convert") else img
-        return (self.tf_uint8 if as_uint8 else self.tf)(img), int(self._labels[i])
+        return self.preprocess(img, as_uint8), int(self._labels[i])
 
     def item_uint8(self, i: int) -> tuple[torch.Tensor, int]:
         return self.item(i, as_uint8=True)
@@ -175,17 +189,32 @@ class VisionDatasetImageSet(ImageSet):
 class FolderImageSet(ImageSet):
     """The readable images of a validated ImageFolder (`tve_lib.imagefolder.scan_imagefolder`)."""
 
-    def __init__(self, name: str, scan: FolderScan, size: int):
-        self.name, self.classes, self.files, self.size = name, scan.classes, scan.files, size
+    def __init__(self, name: str, scan: FolderScan, size: int | Preprocess):
+        self.name, self.classes, self.files = name, scan.classes, scan.files
+        self.preprocess = as_preprocess(size)
         self._labels = torch.as_tensor(scan.labels, dtype=torch.long)
-        self.fingerprint = scan.fingerprint  # what caches of this set are keyed on (not its path)
+        self.scan_fingerprint = scan.fingerprint
 
     file_backed = True
+
+    @property
+    def fingerprint(self) -> str:
+        """What caches of this set are keyed on: its files (not its path) and, when not the plain one,
+        its transform."""
+        p = self.preprocess
+        return self.scan_fingerprint if p.is_plain else f"{self.scan_fingerprint}@{p.key}"
+
+    def with_preprocess(self, preprocess: Preprocess) -> ImageSet:
+        if preprocess == self.preprocess:
+            return self
+        out = copy.copy(self)
+        out.preprocess = preprocess
+        return out
 
     def item(self, i: int, as_uint8: bool = False) -> tuple[torch.Tensor, int]:
         path = self.files[int(i)]
         try:
-            return load_image(path, self.size, as_uint8), int(self._labels[i])
+            return load_image(path, self.preprocess, as_uint8), int(self._labels[i])
         except Exception as e:  # a file the up-front scan did not decode (ImageNet: only a sample is checked)
             raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e}); remove or replace it") from e
 
@@ -214,6 +243,13 @@ class Task:
     @property
     def has_regions(self) -> bool:
         return self.test.has_masks
+
+    def with_preprocess(self, preprocess: Preprocess) -> Task:
+        """The same task decoded with ``preprocess`` (itself when nothing changes)."""
+        tr, te = self.train.with_preprocess(preprocess), self.test.with_preprocess(preprocess)
+        if tr is self.train and te is self.test:
+            return self
+        return Task(self.name, tr, te, self.classes, self.skipped)
 
 
 def iter_batches(ds: ImageSet, batch_size: int, indices: torch.Tensor | None = None,

@@ -107,6 +107,6 @@ def train_head(emb: torch.Tensor, labels: torch.Tensor, kind: str, num_classes: 
     return head, losses
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def head_accuracy(head: nn.Module, emb: torch.Tensor, labels: torch.Tensor) -> float:
     return (head_logits(head, emb).argmax(1) == labels).float().mean().item()

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .preprocess import Preprocess, as_preprocess
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
@@ -169,13 +171,12 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
-def load_image(path: Path, size: int, as_uint8: bool = False) -> torch.Tensor:
-    """``[3, size, size]`` in [0, 1]: `to_rgb`, shorter side resized to ``size``, centre-cropped.
-    ``as_uint8``: the same pixels as uint8 (x 255), a quarter of the bytes for a loader worker to send."""
+def load_image(path: Path, size: int | Preprocess, as_uint8: bool = False) -> torch.Tensor:
+    """``[3, S, S]`` in [0, 1]: `to_rgb`, then ``size``'s transform (a bare size: shorter side resized to it,
+    centre-cropped; a `Preprocess`: a backbone's own). ``as_uint8``: the same pixels as uint8 (x 255), a
+    quarter of the bytes for a loader worker to send."""
     from PIL import Image
-    from torchvision import transforms
 
     with Image.open(path) as img:
         rgb = to_rgb(img)
-    last = transforms.PILToTensor() if as_uint8 else transforms.ToTensor()
-    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), last])(rgb)
+    return as_preprocess(size)(rgb, as_uint8)

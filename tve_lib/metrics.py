@@ -169,6 +169,7 @@ def _needed_ks(grids: dict[str, list[float]], p: int) -> tuple[list[int], list[i
     return sorted(k for k in need_rm if 0 < k < p), sorted(k for k in need_keep if 0 < k < p)
 
 
+@torch.inference_mode()  # scores only: the curves never enter autograd
 def perturbation_curves(backbone: Backbone, head: nn.Module, images: torch.Tensor, attr: torch.Tensor,
                         target: torch.Tensor | None = None, sparsities: Sequence[float] = (0.0, 0.5),
                         perturbation_steps: Sequence[float] = (0.0, 0.5), deletion_steps: int = 10,

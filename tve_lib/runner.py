@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from .config import COMPILE_ENV, PRECISION_ENV, PRECISIONS
 from .io import git_commit, provenance, write_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,7 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--weights-dir", default="")
     ap.add_argument("--timeout", type=int, default=7200, help="per-cell timeout in seconds")
+    ap.add_argument("--precision", choices=PRECISIONS,
+                    help="the backbone's and explainer's precision (default: the profile's, auto = bf16 on CUDA)")
+    ap.add_argument("--compile", metavar="BACKEND", help="torch.compile the backbone's passes (e.g. inductor)")
     a = ap.parse_args(argv)
+    for var, value in ((PRECISION_ENV, a.precision), (COMPILE_ENV, a.compile)):
+        if value is not None:  # every notebook's Suite reads them (`tve_lib.studies.suite.env_overrides`)
+            os.environ[var] = value
     only = [FIGURES_NOTEBOOK] if a.figures_only else a.only
     if a.dry_run or a.profile == "paper-dry-tiny":
         if a.profile not in ("paper", "paper-dry-tiny"):
@@ -135,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         from .synthetic import write_dry_data
 
         print(f"[dry ] generated data under {write_dry_data(a.data_dir, a.seed)}", flush=True)
+    # recorded with the parameters (run.json, the notebooks' stamps: another precision reruns them)
+    extra = {k: v for k, v in (("PRECISION", a.precision), ("COMPILE", a.compile)) if v is not None}
     return run(a.profile, only, a.keep_going, a.force or a.figures_only, a.results_dir, a.seed,
-               a.device, a.data_dir, a.weights_dir, a.timeout)
+               a.device, a.data_dir, a.weights_dir, a.timeout, extra_params=extra or None)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ SCALING_COLUMNS = ["backbone", "sampler", "arch", "n_images", "epochs", "windows
 NO_ARCH = "-"  # tve_arch of methods that are not TVE (a string, so CSV round trips keep keys equal)
 THROUGHPUT_COLUMNS = ["device", "threads", "backbone", "size", "method", "budget", "batch_size", "n_tasks",
                       "images_per_s", "ms_per_image", "ratio_to_inference", "repeats"]
+#: ``dtype``: what the timed model passes compute in (`Backbone.compute_dtype`): "float32", or "bfloat16" under
+#: autocast (the profile's ``precision``; "auto" is bf16 on a GPU)
 EXTRA_COLUMNS = ["tve_arch", "estimated", "basis", "shared_tasks", "ms_per_image_iqr", "warmup",
                  "model_images_per_image", "dtype", "device_name"]
 THROUGHPUT_KEYS = ["device", "backbone", "size", "method", "budget", "tve_arch", "batch_size", "n_tasks"]

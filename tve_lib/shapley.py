@@ -22,6 +22,7 @@ head of a task (`tve_lib.metrics.masked_embeddings` + `class_prob`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -182,7 +183,7 @@ def lime(z: torch.Tensor, v: torch.Tensor, kernel_width: float = 0.25, alpha: fl
 
 
 # ----------------------------------------------------------------------------- model games
-@torch.no_grad()
+@torch.inference_mode()
 def shapley_references(backbone, heads: list, images: torch.Tensor, groups: torch.Tensor,
                        targets: list[torch.Tensor | None] | None = None, batch_size: int = 256,
                        topk_frac: float = 0.25) -> list[ShapleyReference]:
@@ -190,12 +191,15 @@ def shapley_references(backbone, heads: list, images: torch.Tensor, groups: torc
 
     The game: ``v(S)`` = softmax probability of the target class (default: predicted on the full
     image) with only the players of the groups in ``S`` kept (shared removal operator). All
-    ``2^n`` coalitions are embedded once (``[B, 2^n, D]``) and scored by every head.
+    ``2^n`` coalitions are embedded once (``[B, 2^n, D]``) and scored by every head. An exact
+    reference: the backbone runs in fp32 whatever the profile's precision (`Backbone.full_precision`).
     """
     from .metrics import class_prob, masked_embeddings
 
     z = all_coalitions(len(groups), images.device)
-    emb = masked_embeddings(backbone, images, expand_groups(z, groups), batch_size)
+    exact = backbone.full_precision() if hasattr(backbone, "full_precision") else contextlib.nullcontext()
+    with exact:
+        emb = masked_embeddings(backbone, images, expand_groups(z, groups), batch_size)
     targets = targets or [None] * len(heads)
     out = []
     for h, t in zip(heads, targets):

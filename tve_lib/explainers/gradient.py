@@ -132,6 +132,8 @@ class GradCAM(Explainer):
         self.backbone.check_input(images)
         t = self.resolve_target(images, head, target)
         cam = LayerGradCam(self.model_fn(head), self.token_map)
-        with self._hooked(), torch.enable_grad():
+        # eager passes: a compiled graph would not call the hook; under autocast the hooked tokens are
+        # bf16, so the map is returned in the images' dtype like every other
+        with self._hooked(), self.backbone.uncompiled(), torch.enable_grad():
             a = cam.attribute(images, target=t, relu_attributions=self.relu)
-        return resize_map(a.detach().squeeze(1), self.grid)
+        return resize_map(a.detach().squeeze(1).to(images.dtype), self.grid)

@@ -61,7 +61,8 @@ class Rollout(Explainer):
 
             hooks.append(attn.qkv.register_forward_hook(hook))
         try:
-            self.backbone.embed(images)
+            with self.backbone.uncompiled():  # a compiled graph would not call the hooks
+                self.backbone.embed(images)
         finally:
             for h in hooks:
                 h.remove()

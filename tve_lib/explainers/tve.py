@@ -20,13 +20,22 @@ from ..heads import check_head, head_logits, last_linear
 from ..masking import pool_map
 from .base import Explainer
 from .registry import register_explainer
-from .tve_model import ARCHS, MixHead, TappedModel, Trunk, TVEModel, build_explainer, load_explainer, restore_explainer
+from .tve_model import (
+    ARCHS,
+    MixHead,
+    TappedModel,
+    Trunk,
+    TVEModel,
+    build_explainer,
+    explainer_forward,
+    load_explainer,
+    restore_explainer,
+)
 from .tve_targets import all_window_embeddings, window_targets
 
-__all__ = ["ARCHS", "MixHead", "TappedModel", "TVEModel", "Trunk", "build_explainer", "load_explainer",
-           "restore_explainer", "TVE", "all_window_embeddings", "heldout_losses", "pretrain", "transfer_rule",
-           "window_occlusion",
-           "window_targets"]
+__all__ = ["ARCHS", "MixHead", "TappedModel", "TVEModel", "Trunk", "build_explainer", "explainer_forward",
+           "load_explainer", "restore_explainer", "TVE", "all_window_embeddings", "heldout_losses", "pretrain",
+           "transfer_rule", "window_occlusion", "window_targets"]
 
 
 def transfer_rule(phi_keep: torch.Tensor, phi_remove: torch.Tensor, head: nn.Module,
@@ -41,9 +50,11 @@ def transfer_rule(phi_keep: torch.Tensor, phi_remove: torch.Tensor, head: nn.Mod
 
 def window_occlusion(backbone: Backbone, head: nn.Module, x: torch.Tensor, target: torch.Tensor,
                      radius: int, chunk: int = 1024) -> torch.Tensor:
-    """The exact quantity TVE amortises, ``f_y(x⊙W_i) − f_y(x⊙(1−W_i))``, as ``[B, G, G]``."""
+    """The exact quantity TVE amortises, ``f_y(x⊙W_i) − f_y(x⊙(1−W_i))``, as ``[B, G, G]``: a reference,
+    so the backbone runs in fp32 whatever the profile's precision (`Backbone.full_precision`)."""
     check_head(head, backbone.embed_dim)  # before the 2·G² backbone calls
-    ek, er = all_window_embeddings(backbone, x, radius, chunk)
+    with backbone.full_precision():
+        ek, er = all_window_embeddings(backbone, x, radius, chunk)
     g = backbone.grid
     return transfer_rule(ek, er, head, target).view(len(x), g, g)
 
@@ -81,7 +92,7 @@ class TVE(Explainer):
         self.backbone.check_input(images)
         targets = targets or [None] * len(heads)
         inputs, emb = self.model.prepare(self.backbone, images)
-        phi_k, phi_r = self.model(inputs, emb)
+        phi_k, phi_r = explainer_forward(self.model, self.backbone, inputs, emb)
         g, out = self.grid, []
         for head, t in zip(heads, targets):
             check_head(head, self.backbone.embed_dim)

@@ -13,6 +13,10 @@ Three shapes (suite choice, ``TVEConfig.arch``):
 Every model takes its input through ``prepare(backbone, x) -> (inputs, base)``: images for the
 trunk shapes, tapped tokens for ``"tapped"``; ``base`` is the full-image embedding ``g(x)`` that the
 residual remove branch adds to its prediction (and that the transfer rule uses to pick ``y``).
+
+Training and explaining call the model through `explainer_forward`: under the backbone's autocast
+(`Backbone.amp_dtype`, bf16 on a GPU by default) with float32 outputs, so losses and the transfer rule
+stay fp32; without an autocast dtype (CPU) it is the plain call.
 """
 
 from __future__ import annotations
@@ -138,6 +142,20 @@ class TappedModel(_Heads):
     def forward(self, tokens: torch.Tensor, base: torch.Tensor | None = None):
         t = self.norm(self.blocks(self.proj(tokens) + self.pos))
         return self._out(t, t, base)
+
+
+def explainer_forward(model: nn.Module, backbone, inputs: torch.Tensor, base: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Φ⁺, Φ⁻) = model(inputs, base)`` under ``backbone``'s autocast (`Backbone.autocast`), as float32.
+
+    The same precision in pre-training, held-out losses and explaining; bf16 needs no gradient scaling.
+    Without an autocast dtype (every CPU run by default) this is exactly ``model(inputs, base)``.
+    """
+    if getattr(backbone, "amp_dtype", None) is None:
+        return model(inputs, base)
+    with backbone.autocast():
+        pk, pr = model(inputs, base)
+    return pk.float(), pr.float()
 
 
 @torch.no_grad()

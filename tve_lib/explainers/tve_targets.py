@@ -30,6 +30,7 @@ from ..data import ImageSet, content_digest
 from ..io import load_torch, save_torch, write_json
 from ..loader import load_batches
 from ..masking import windows
+from ..precision import dtype_name
 
 
 @torch.no_grad()
@@ -145,8 +146,11 @@ class TargetStore:
 
 
 def _store_key(bb: Backbone, train: ImageSet, seed: int, **extra) -> dict:
+    # targets computed under autocast are other numbers than fp32 ones: the autocast dtype is part of the
+    # key, and only then (an fp32 store keeps the key it always had)
+    amp = {} if bb.amp_dtype is None else {"amp": dtype_name(bb.amp_dtype)}
     return {"backbone": bb.name, "weights": backbone_digest(bb), "upstream": train.name,
-            "content": content_digest(train), "n_upstream": len(train), "order_seed": seed, **extra}
+            "content": content_digest(train), "n_upstream": len(train), "order_seed": seed, **amp, **extra}
 
 
 def window_store(bb: Backbone, train: ImageSet, root: Path, seed: int, radius: int, dtype: str,

@@ -6,7 +6,9 @@ per image per step (K = 1 official) and their targets computed on the fly by the
 for upstream sets too large to store. Both take the first ``n_images`` of the same seeded order of
 the upstream set and shuffle it every epoch, so with ``K >= G²`` (every window) the online sampler
 follows the dense one step for step. The loss is the mean squared error over the supervised
-windows, D and the batch, for both branches (`tve_loss`).
+windows, D and the batch, for both branches (`tve_loss`). The explainer's forward runs under the
+backbone's autocast (`tve_model.explainer_forward`: bf16 on a GPU by default, none on CPU) and the loss
+in fp32; bf16 keeps fp32's exponent range, so no gradient scaling is needed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..data import ImageSet, iter_batches
 from ..io import checkpoint, resume, save_torch
 from ..loader import load_batches
 from ..masking import default_radius
+from .tve_model import explainer_forward
 from .tve_targets import all_window_embeddings, token_store, upstream_order, window_store, window_targets
 
 SAMPLERS = ("dense", "online")
@@ -173,7 +176,8 @@ def heldout_losses(model: nn.Module, backbone: Backbone, x: torch.Tensor, centre
     prepared = prepared if prepared is not None else prepare_batches(model, backbone, x, batch_size)
     se_k = se_r = 0.0
     for (inp, base), s in zip(prepared, range(0, len(x), batch_size)):
-        lk, lr = tve_loss(*model(inp, base), tk[s:s + batch_size], tr[s:s + batch_size], centres[s:s + batch_size])
+        lk, lr = tve_loss(*explainer_forward(model, backbone, inp, base), tk[s:s + batch_size],
+                          tr[s:s + batch_size], centres[s:s + batch_size])
         se_k, se_r = se_k + lk.item() * tk[s:s + batch_size].numel(), se_r + lr.item() * tr[s:s + batch_size].numel()
     n = tk.numel()
     triv_k = ((tk - tk.mean((0, 1))) ** 2).mean().item()
@@ -218,7 +222,7 @@ def _epoch(net: nn.Module, objs: dict[str, Any], source: DenseSource | OnlineSou
         centres = source.centres(len(pos), gen)  # drawn for the global batch: same on every rank
         lo, hi = (len(pos) * rank) // world, (len(pos) * (rank + 1)) // world
         inp, base, tk, tr, c = source.batch(pos[lo:hi], None if centres is None else centres[lo:hi])
-        lk, lr = tve_loss(*net(inp, base), tk, tr, c, cfg.centred_weight)
+        lk, lr = tve_loss(*explainer_forward(net, source.bb, inp, base), tk, tr, c, cfg.centred_weight)
         opt.zero_grad(set_to_none=True)
         (cfg.keep_weight * lk + lr).backward()
         opt.step()

@@ -104,4 +104,18 @@ def loader_finding(loader: pd.DataFrame, speedup_ok: float = LOADER_SPEEDUP_OK) 
                      f"consumes {s.images_per_s:.2f} images/s: "
                      + (f"{int(enough.index.min())} worker(s) keep up" if len(enough) else
                         "no measured worker count keeps up"))
+    parts += _memory_parts(loader)
     return "; ".join(parts) + "."
+
+
+def _memory_parts(loader: pd.DataFrame) -> list[str]:
+    """Peak memory of the paper-size step and fidelity batch, where ``loader.csv`` has it."""
+    if "peak_memory_mib" not in loader:
+        return []
+    names = {"tve_step": "the TVE pre-training step", "fidelity_batch": "one fidelity batch"}
+    out = []
+    for r in loader[loader.what.isin(list(names)) & loader.peak_memory_mib.notna()].itertuples():
+        out.append(f"peak memory of {names[r.what]} (batch {int(r.batch_size)}, {r.dtype}): "
+                   f"{r.peak_memory_mib / 1024:.2f} GiB {r.memory_kind}, {r.memory_growth_mib / 1024:.2f} GiB of it "
+                   "for the work itself")
+    return out

@@ -27,7 +27,7 @@ import torch
 from .. import metrics as M
 from ..cache import digest
 from ..config import Profile, TVEConfig
-from ..heads import HEAD_KINDS, head_logits
+from ..heads import HEAD_KINDS, check_head, head_logits
 from ..masking import default_radius
 from ..schema import SUMMARY_COLUMNS
 from .fidelity import cached_shapley_references, concat, evaluate_maps, evaluation_indices
@@ -66,7 +66,7 @@ def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
     # the reference radius is the reference itself (not radius=r0 spelt out), so it is trained once
     v = [Variant("radius", f"r={r} (ref)", ref) if r == r0 else
          Variant("radius", f"r={r}", dataclasses.replace(ref, radius=r))
-         for r in sorted({max(1, r0 - 1), r0, r0 + 1, r0 + 2}) if r < grid]
+         for r in sorted({max(1, r0 + o) for o in profile.eval.ablation_radii}) if r < grid]
     v += [Variant("transfer rule", "both (ref)", ref),
           Variant("transfer rule", "keep-only (λ⁻=0)", ref, transfer={"lam_minus": 0.0}),
           Variant("transfer rule", "remove-only (λ⁺=0)", ref, transfer={"lam_plus": 0.0}),
@@ -114,7 +114,7 @@ def _ablation_data(suite: Suite, backbone: str, tasks: Sequence[str], kinds: Seq
     ev, bb = suite.profile.eval, suite.backbone(backbone)
     data = {}
     for t in tasks:
-        task = suite.task(t)
+        task = suite.task(t, backbone)
         idx = evaluation_indices(task.test, ev.n_fidelity, suite.seed)[: ev.ablation_n_images]
         raw, _, masks = task.test.get(idx)
         x = bb.normalize(raw.to(suite.device))
@@ -136,14 +136,18 @@ class _TransferRows:
         self.exact: dict[tuple[str, int], list[torch.Tensor]] = {}
 
     def __call__(self, t: str, k: str, i: int, a: torch.Tensor, radius: int) -> pd.DataFrame:
-        from ..explainers.tve import window_occlusion
+        from ..explainers.tve import all_window_embeddings, transfer_rule
 
         ev, bb = self.suite.profile.eval, self.suite.backbone(self.backbone)
         x, _, heads, targets, _ = self.data[t]
         n = min(ev.n_transfer, len(x))
         if (t, radius) not in self.exact:
+            for h in heads:
+                check_head(h, bb.embed_dim)
+            # one set of 2·G² window passes serves every head (`window_occlusion` per head would repeat them)
             with torch.no_grad():
-                self.exact[(t, radius)] = [window_occlusion(bb, h, x[:n], tg[:n], radius, ev.masked_batch_size)
+                ek, er = all_window_embeddings(bb, x[:n], radius, ev.masked_batch_size)
+                self.exact[(t, radius)] = [transfer_rule(ek, er, h, tg[:n]).view(n, bb.grid, bb.grid)
                                            for h, tg in zip(heads, targets)]
         sp = M.spearman(a[:n], self.exact[(t, radius)][i])
         mean, lo, hi, m = M.bootstrap_ci(sp, ev.bootstrap, seed=self.suite.seed * 7919 + 101)
@@ -168,7 +172,7 @@ def run_ablations(suite: Suite, backbone: str, variants: Sequence[Variant], task
     ev = suite.profile.eval
     bb = suite.backbone(backbone)
     say = print if progress else (lambda *a, **k: None)
-    data = _ablation_data(suite, backbone, list(tasks or suite.profile.tasks), kinds)
+    data = _ablation_data(suite, backbone, list(tasks or suite.tasks_of(backbone)), kinds)
     transfer_rows = _TransferRows(suite, backbone, data)
     done: dict[str, pd.DataFrame] = {}
     rows = []

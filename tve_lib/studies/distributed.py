@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         torch.manual_seed(a.seed)
         model = tve.build_explainer(bb, suite.profile.tve)
-        tve.pretrain(model, bb, suite.pretrain_set(), suite.upstream[1], suite.profile.tve, ckpt, a.seed,
-                     suite.tve_radius(name), store_dir=suite.ckpt_dir)
+        tve.pretrain(model, bb, suite.pretrain_set(None, name), suite.upstream_for(name)[1], suite.profile.tve,
+                     ckpt, a.seed, suite.tve_radius(name), store_dir=suite.ckpt_dir)
     if world > 1:
         dist.destroy_process_group()
 

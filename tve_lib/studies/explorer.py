@@ -147,7 +147,7 @@ class Explorer:
         return self._explainers[key]
 
     def _image(self, sel: Selection) -> tuple[torch.Tensor, int, torch.Tensor | None]:
-        raw, labels, masks = self.suite.task(sel.task).test.get([sel.image])
+        raw, labels, masks = self.suite.task(sel.task, sel.backbone).test.get([sel.image])
         return raw, int(labels[0]), None if masks is None else masks[0]
 
     def attribution(self, sel: Selection, method: str) -> torch.Tensor:

@@ -23,7 +23,7 @@ def obtain_amortized(suite: Suite, backbone: str, task: str, kinds: tuple[str, .
     ``eval_images`` (normalised test images) give the per-epoch Fidelity⁺ AUC of the history.
     """
     cfg, bb = suite.profile.eval, suite.backbone(backbone)
-    t = suite.task(task)
+    t = suite.task(task, backbone)
     heads = [suite.head(backbone, task, k) for k in kinds]
     fields = {k: v for k, v in cfg.__dict__.items() if k.startswith("fastshap") or k in ("sparsities",)}
     key = digest(fields, suite.profile.digest("img_size", "backbones", "backbone_train", "head_train"),

@@ -227,7 +227,7 @@ def fidelity_inputs(suite: Suite, backbone: str, task: str, kinds: Sequence[str]
     normalised x, heads, targets)``; targets are each head's class predicted on the full image."""
     ev = suite.profile.eval
     bb = suite.backbone(backbone)
-    t = suite.task(task)
+    t = suite.task(task, backbone)
     idx = evaluation_indices(t.test, ev.n_fidelity, suite.seed)
     raw, _, masks = t.test.get(idx)
     x = bb.normalize(raw.to(suite.device))

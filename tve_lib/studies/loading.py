@@ -24,8 +24,10 @@ from ..explainers.tve_model import build_explainer
 from ..explainers.tve_train import step_seconds
 from ..imagefolder import scan_imagefolder
 from ..loader import load_batches
+from ..memory import peak_memory
+from ..precision import dtype_name
 from ..synthetic import write_jpeg_folder
-from .throughput import paper_backbone
+from .throughput import paper_backbone, random_heads
 
 LOADER_COLUMNS = ["device", "threads", "workers", "batch_size", "img_size", "n_images", "images_per_s", "seconds",
                   "first_batch_seconds", "source"]
@@ -68,8 +70,31 @@ def step_row(device: str | torch.device, backbone: str = "vit", batch_size: int 
     imgs = TensorImageSet("random", torch.rand(batch_size, 3, bb.img_size, bb.img_size, generator=gen),
                           torch.zeros(batch_size, dtype=torch.long), ["x"])
     torch.manual_seed(seed)
-    secs = sorted(step_seconds(build_explainer(bb, cfg), bb, imgs, cfg, steps, seed))
+    with peak_memory(device) as mem:  # the warm-up step included: it allocates the optimiser's state
+        secs = sorted(step_seconds(build_explainer(bb, cfg), bb, imgs, cfg, steps, seed))
     s = secs[len(secs) // 2]
     return dict(device=torch.device(device).type, threads=torch.get_num_threads(), backbone=backbone,
                 batch_size=batch_size, sampler=cfg.sampler, windows_per_image=cfg.windows_per_image,
-                arch=cfg.arch, seconds_per_step=s, images_per_s=batch_size / s)
+                arch=cfg.arch, seconds_per_step=s, images_per_s=batch_size / s,
+                dtype=dtype_name(bb.compute_dtype), **mem)  # bfloat16: the step ran under autocast
+
+
+def fidelity_batch_row(device: str | torch.device, backbone: str = "vit", batch_size: int = 32, n_classes: int = 10,
+                       seed: int = 0) -> dict:
+    """Seconds and peak memory of one fidelity batch at paper size: ``batch_size`` images with a random half
+    of their players removed, through the backbone (random weights) and a linear head, as every perturbation
+    metric evaluates them (no gradients)."""
+    bb = paper_backbone(backbone, device).eval().requires_grad_(False)
+    head = random_heads(bb.embed_dim, [n_classes], device, seed)[0]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, 3, bb.img_size, bb.img_size, generator=gen).to(device)
+    keep = (torch.rand(batch_size, bb.n_players, generator=gen) < 0.5).to(device)
+    with torch.inference_mode():
+        head(bb.embed(bb.mask(x[:1], keep[:1])))  # warm-up: first-call allocations are not the batch's
+        with peak_memory(device) as mem:
+            t0 = time.perf_counter()
+            head(bb.embed(bb.mask(x, keep))).float().cpu()
+            secs = time.perf_counter() - t0
+    return dict(device=torch.device(device).type, threads=torch.get_num_threads(), backbone=backbone,
+                batch_size=batch_size, seconds=secs, images_per_s=batch_size / secs,
+                dtype=dtype_name(bb.compute_dtype), **mem)

@@ -23,6 +23,7 @@ from ..cache import cached, digest, file_safe
 from ..config import EvalConfig, LTXConfig
 from ..explainers.ltx import PRETRAIN_FIELDS, SELECTIONS, FineTuneResult, LTXNet, finetune, pretrain_ltx
 from ..heads import head_logits
+from ..precision import dtype_name
 from ..schema import NO_SELECTION
 from ..timing import time_call
 
@@ -50,7 +51,7 @@ def pretrained_ltx(suite: Suite, backbone: str, task: str, kind: str = "linear",
     def build() -> dict:
         torch.manual_seed(suite.seed)
         net = LTXNet(bb)
-        hist = pretrain_ltx(net, bb, head, suite.task(task).train, cfg, suite.seed)
+        hist = pretrain_ltx(net, bb, head, suite.task(task, bb.name).train, cfg, suite.seed)
         trained.append(net)
         return {"model": net.state_dict(), "history": hist, "cfg": cfg}
 
@@ -140,7 +141,7 @@ def _evaluation_batch(suite: Suite, bb: Backbone, head: nn.Module, task: str, n_
     """The first ``n_explain`` of notebook 03's evaluation images of ``task``, with their prediction."""
     from .fidelity import evaluation_indices
 
-    t = suite.task(task)
+    t = suite.task(task, bb.name)
     idx = evaluation_indices(t.test, n_explain, suite.seed)
     raw, labels, regions = t.test.get(idx)
     x, labels = bb.normalize(raw.to(suite.device)), labels.to(suite.device)
@@ -208,13 +209,17 @@ def _throughput_rows(suite: Suite, backbone: str, task: str, e: _Explained, n: i
     cfg = suite.profile.ltx
     base = dict(device=str(suite.device), threads=torch.get_num_threads(), backbone=backbone, size="profile",
                 n_tasks=1, basis="measured", estimated=False)
+    # the frozen backbone's passes (inference; LTX's masked images) run at the profile's precision, pLTX's
+    # own encoder in fp32
+    bb_dtype = dtype_name(suite.backbone(backbone).compute_dtype)
     tp = pd.DataFrame([
         base | dict(method="inference", budget=None, batch_size=n, ms_per_image=e.ms["inference"],
-                    repeats=e.repeats["inference"]),
-        base | dict(method="pltx", budget=None, batch_size=n, ms_per_image=e.ms["pltx"], repeats=e.repeats["pltx"]),
+                    repeats=e.repeats["inference"], dtype=bb_dtype),
+        base | dict(method="pltx", budget=None, batch_size=n, ms_per_image=e.ms["pltx"], repeats=e.repeats["pltx"],
+                    dtype="float32"),
         # ``budget`` is model calls per image of a sampling method in every CSV; LTX's cost is its steps
         base | dict(method="ltx", budget=None, ft_steps=cfg.ft_steps, batch_size=min(cfg.ft_batch, n),
-                    ms_per_image=e.ms["ltx"], repeats=1),
+                    ms_per_image=e.ms["ltx"], repeats=1, dtype=bb_dtype),
     ])
     tp["images_per_s"] = 1000.0 / tp["ms_per_image"]
     tp["task"] = task  # for the record; `throughput_table` merges the tasks
@@ -286,7 +291,7 @@ def throughput_table(tp: pd.DataFrame) -> pd.DataFrame:
     """One throughput row per device × backbone × method from the per-task rows of `compare_task`:
     the median ms/image over tasks (throughput does not depend on the task), repeats summed."""
     keys = ["device", "threads", "backbone", "size", "method", "budget", "batch_size", "n_tasks", "basis",
-            "estimated", *(["ft_steps"] if "ft_steps" in tp else [])]
+            "estimated", *[c for c in ("ft_steps", "dtype") if c in tp]]
     out = tp.groupby(keys, dropna=False, sort=False).agg(ms_per_image=("ms_per_image", "median"),
                                                          repeats=("repeats", "sum")).reset_index()
     out["images_per_s"] = 1000.0 / out["ms_per_image"]

@@ -35,7 +35,7 @@ CURVES = ("fid_plus", "fid_minus", "deletion", "insertion")
 def operator_pool(suite: Suite, backbone: str, task: str) -> torch.Tensor:
     """The donor images of the ``other`` operator: a seeded sample of ``pool_size`` images of the
     task's test split (the split the evaluated images come from), normalised for ``backbone``."""
-    test = suite.task(task).test
+    test = suite.task(task, backbone).test
     g = torch.Generator().manual_seed(30_011 + suite.seed)
     idx = torch.randperm(len(test), generator=g)[: suite.profile.operators.pool_size]
     return suite.backbone(backbone).normalize(test.get(idx)[0].to(suite.device))

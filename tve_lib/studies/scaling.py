@@ -41,7 +41,7 @@ class ScalingProbe:
         ev = suite.profile.eval
         self.data = {}
         for t in tasks or suite.profile.tasks:
-            task = suite.task(t)
+            task = suite.task(t, backbone)
             idx = evaluation_indices(task.test, ev.n_fidelity, suite.seed)[:n_images]
             x = bb.normalize(task.test.get(idx)[0].to(suite.device))
             heads = [suite.head(backbone, t, k) for k in kinds]
@@ -54,7 +54,8 @@ class ScalingProbe:
     def _exact(self, t: str, radius: int) -> list[torch.Tensor]:
         d = self.data[t]
         if radius not in d["exact"]:
-            ek, er = all_window_embeddings(self.bb, d["x"], radius, self.suite.profile.eval.masked_batch_size)
+            with self.bb.full_precision():  # the reference: fp32 whatever the profile's precision
+                ek, er = all_window_embeddings(self.bb, d["x"], radius, self.suite.profile.eval.masked_batch_size)
             g = self.bb.grid
             d["exact"][radius] = [transfer_rule(ek, er, h, y).view(-1, g, g) for h, y in zip(d["heads"], d["targets"])]
             d["occl_fid"][radius] = [self._fid_plus(h, d["x"], a, y)
@@ -120,7 +121,7 @@ def run_scaling(suite, backbone: str, budgets: Sequence[TVEConfig], progress: bo
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows of ``tve/scaling.csv`` for ``backbone`` (one per budget, ``SCALING_COLUMNS`` first) and
     the per-setting scores behind them."""
-    probe = ScalingProbe(suite, backbone, suite.profile.scaling.n_test_images)
+    probe = ScalingProbe(suite, backbone, suite.profile.scaling.n_test_images, suite.tasks_of(backbone))
     rows, per = [], []
     for cfg in budgets:
         row, p = scaling_row(probe, cfg)
@@ -155,7 +156,7 @@ def shape_front(suite, backbones: Sequence[str], ablations: pd.DataFrame, batch_
     rows = []
     for b in backbones:
         bb = suite.backbone(b)
-        task = suite.task(suite.profile.tasks[0])
+        task = suite.task(suite.profile.tasks[0], b)
         x = bb.normalize(task.test.get(torch.arange(min(batch_size, len(task.test))))[0].to(suite.device))
         head = suite.head(b, suite.profile.tasks[0], "linear")
         t_inf = _seconds(lambda bb=bb, x=x, head=head: head(bb.embed(x)), repeats)

@@ -21,11 +21,13 @@ import torch
 from .. import backbones as bbs
 from .. import data as data_mod
 from ..cache import cached, digest, file_safe, load_or_train
-from ..config import Profile, get_profile
+from ..config import Profile, env_overrides, get_profile
 from ..explainers import explainer_class, make_explainer
 from ..explainers.base import Explainer
 from ..heads import HEAD_KINDS, head_accuracy, train_head
 from ..io import load_torch, provenance, write_csv, write_json
+from ..precision import amp_dtype_for, dtype_name
+from ..preprocess import Preprocess, backbone_preprocess
 
 if TYPE_CHECKING:
     from ..explainers.tve import TVE
@@ -55,7 +57,8 @@ class Suite:
     def __init__(self, profile: str | Profile = "cpu", seed: int = 0, device: str = "auto",
                  data_dir: str | None = None, weights_dir: str | None = None,
                  results_dir: str = "results", overrides: dict[str, Any] | None = None):
-        self.profile = profile if isinstance(profile, Profile) else get_profile(profile, overrides)
+        self.profile = profile if isinstance(profile, Profile) else get_profile(profile, {**env_overrides(),
+                                                                                      **(overrides or {})})
         self.seed = seed
         self.device = resolve_device(device)
         self.data_dir = data_dir or None
@@ -87,11 +90,29 @@ class Suite:
     # ------------------------------------------------------------------ data
     @cached_property
     def upstream(self) -> tuple[data_mod.ImageSet, data_mod.ImageSet]:
-        """(train, val) of the upstream set; never used for downstream evaluation."""
+        """(train, val) of the upstream set as the profile decodes it (`upstream_for`: as a backbone
+        does); never used for downstream evaluation."""
         return data_mod.load_upstream(self.profile, self.data_dir)
 
-    def task(self, name: str) -> data_mod.Task:
-        """The downstream task ``name`` (a profile task, a paper task or ``folder:/path``), loaded once.
+    def upstream_for(self, backbone: str | None) -> tuple[data_mod.ImageSet, data_mod.ImageSet]:
+        """`upstream` decoded with ``backbone``'s own transform (`preprocess`)."""
+        p = self.preprocess(backbone)
+        return self.upstream if p is None else tuple(ds.with_preprocess(p) for ds in self.upstream)
+
+    def preprocess(self, backbone: str | None) -> Preprocess | None:
+        """How file-backed sets are decoded for ``backbone``: its timm data config when the profile says
+        ``preprocess="backbone"`` (paper), else None (the profile's plain transform)."""
+        mode = self.profile.preprocess
+        if mode not in ("plain", "backbone"):
+            raise ValueError(f"profile {self.profile.name!r}: preprocess={mode!r}; expected 'plain' or 'backbone'")
+        if mode == "plain" or backbone is None:
+            return None
+        return backbone_preprocess(self.profile.backbone(backbone).timm_name, self.profile.img_size)
+
+    def task(self, name: str, backbone: str | None = None) -> data_mod.Task:
+        """The downstream task ``name`` (a profile task, a paper task or ``folder:/path``), loaded once;
+        with ``backbone``, decoded as that backbone's data config says (`preprocess`; the same task
+        where the profile decodes every backbone alike).
 
         A folder task is validated up front; its unreadable files are skipped, listed in a warning and
         in ``results/<profile>/data/skipped_<task>.csv`` (file, reason).
@@ -101,11 +122,26 @@ class Suite:
             if t.skipped:
                 write_csv(pd.DataFrame(t.skipped), self.path("data", f"skipped_{file_safe(t.name)}.csv"))
             self._tasks[name] = t
-        return self._tasks[name]
+        p = self.preprocess(backbone)
+        return self._tasks[name] if p is None else self._tasks[name].with_preprocess(p)
 
     @property
     def backbone_names(self) -> list[str]:
         return [b.name for b in self.profile.backbones]
+
+    def pairs(self, backbones: list[str] | None = None, tasks: list[str] | None = None) -> list[tuple[str, str]]:
+        """The ``(backbone, task)`` settings the evaluation notebooks run (default: the profile's): every
+        pair, or with ``profile.pairs == "diagonal"`` backbone i with task i (cycling the shorter list)."""
+        bs, ts = list(backbones or self.backbone_names), list(tasks or self.profile.tasks)
+        if self.profile.pairs == "all":
+            return [(b, t) for b in bs for t in ts]
+        if self.profile.pairs == "diagonal":
+            return [(bs[i % len(bs)], ts[i % len(ts)]) for i in range(max(len(bs), len(ts)))]
+        raise ValueError(f"profile {self.profile.name!r}: pairs={self.profile.pairs!r}; expected 'all' or 'diagonal'")
+
+    def tasks_of(self, backbone: str, tasks: list[str] | None = None) -> list[str]:
+        """The tasks `pairs` runs with ``backbone``."""
+        return [t for b, t in self.pairs(None, tasks) if b == backbone]
 
     # ------------------------------------------------------------------ models
     def backbone(self, name: str) -> bbs.Backbone:
@@ -115,7 +151,7 @@ class Suite:
             spec = self.profile.backbone(name)
             up = None
             if not spec.pretrained:
-                up = self.upstream[0]
+                up = self.upstream_for(name)[0]
             bb, hist = bbs.obtain_backbone(self.profile, name, self.ckpt_dir, self.device, self.seed,
                                            self.weights_dir, up,
                                            num_classes=len(up.classes) if up is not None else 1000)
@@ -130,12 +166,15 @@ class Suite:
         return cached(self.ckpt_dir / f"{key}.pt", fn, what=key.split("_")[0])
 
     def _bb_key(self, name: str) -> str:
-        return f"{name}_{self.profile.digest('img_size', 'backbones', 'backbone_train')}_s{self.seed}"
+        # embeddings, heads and explainers computed under autocast are other numbers (fp32 keys unchanged)
+        amp = amp_dtype_for(self.profile.precision, self.device)
+        return (f"{name}_{self.profile.digest('img_size', 'backbones', 'backbone_train')}_s{self.seed}"
+                + ("" if amp is None else f"_{dtype_name(amp)}"))
 
     def embeddings(self, backbone: str, task: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings ``[N, D]`` and labels of a task split (cached)."""
         bb = self.backbone(backbone)
-        ds = getattr(self.task(task), split)
+        ds = getattr(self.task(task, backbone), split)
         key = (f"emb_{self._bb_key(backbone)}_{file_safe(self.task(task).name)}_{split}_"
                f"{data_mod.content_digest(ds)}")
 
@@ -154,7 +193,7 @@ class Suite:
         """The ``kind`` head of ``task`` on the frozen ``backbone`` (trained once, cached)."""
         if kind not in HEAD_KINDS:
             raise KeyError(f"unknown head kind {kind!r}; expected one of: {', '.join(HEAD_KINDS)}")
-        t = self.task(task)
+        t = self.task(task, backbone)
         key = (f"head_{kind}_{self._bb_key(backbone)}_{file_safe(t.name)}_"
                f"{self.profile.digest('head_train')}_{data_mod.content_digest(t.train)}")
 
@@ -172,7 +211,9 @@ class Suite:
         for b in self.backbone_names:
             bb = self.backbone(b)
             if bb.num_classes == len(test.classes):
-                acc = bbs.evaluate_accuracy(bb, test, self.profile.eval.batch_size, self.device)
+                p = self.preprocess(b)
+                acc = bbs.evaluate_accuracy(bb, test if p is None else test.with_preprocess(p),
+                                            self.profile.eval.batch_size, self.device)
                 rows.append(dict(backbone=b, task=self.profile.upstream, head="backbone",
                                  split="test", accuracy=acc, n_images=len(test), seed=self.seed))
             for t in self.profile.tasks:
@@ -224,7 +265,8 @@ class Suite:
             torch.manual_seed(self.seed)
             model = tve.build_explainer(bb, cfg)
             # pretrain writes ckpt itself (atomically, resuming from its per-epoch file)
-            tve.pretrain(model, bb, self.pretrain_set(cfg), self.upstream[1], cfg, ckpt, self.seed, radius,
+            tve.pretrain(model, bb, self.pretrain_set(cfg, backbone), self.upstream_for(backbone)[1], cfg, ckpt,
+                         self.seed, radius,
                          progress=progress, store_dir=self.ckpt_dir)
             return make_explainer("tve", bb, model=model, radius=radius, **transfer)
 
@@ -261,15 +303,17 @@ class Suite:
                 kw[k] = value()
         return make_explainer(name, self.backbone(backbone), **kw)
 
-    def pretrain_set(self, cfg=None):
-        """The upstream training images TVE pre-trains on, augmented as ``cfg.augment`` says."""
+    def pretrain_set(self, cfg=None, backbone: str | None = None):
+        """The upstream training images TVE pre-trains on (decoded for ``backbone``, `upstream_for`),
+        augmented as ``cfg.augment`` says."""
         from ..augment import augmented_upstream
 
         cfg = cfg or self.profile.tve
-        key = (cfg.augment, cfg.augment_frac)
+        p = self.preprocess(backbone)
+        key = (cfg.augment, cfg.augment_frac, None if p is None else p.key)
         if key not in self._pretrain_sets:
-            self._pretrain_sets[key] = augmented_upstream(self.upstream[0], cfg.augment, cfg.augment_frac,
-                                                          self.seed)
+            self._pretrain_sets[key] = augmented_upstream(self.upstream_for(backbone)[0], cfg.augment,
+                                                          cfg.augment_frac, self.seed)
         return self._pretrain_sets[key]
 
     def tve_history(self, backbone: str, cfg=None) -> list[dict]:

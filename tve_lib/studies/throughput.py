@@ -111,10 +111,14 @@ def _task_batch(batch_sizes: Sequence[int], wanted: int) -> int:
 
 
 # ----------------------------------------------------------------------------- paper-size models
-def paper_backbone(name: str, device: str | torch.device) -> Backbone:
+def paper_backbone(name: str, device: str | torch.device, precision: str | None = None,
+                   compile: str | None = None) -> Backbone:
     """The paper profile's backbone ``name`` (ViT-B/16, DeiT-B, Swin-B at 224 px) with random weights:
-    throughput needs no trained weights."""
+    throughput needs no trained weights. ``precision`` / ``compile``: the running profile's (None: the
+    paper profile's), so both sections of notebook 04 time the same precision."""
     paper = get_profile("paper")
+    paper = dataclasses.replace(paper, precision=paper.precision if precision is None else precision,
+                                compile=paper.compile if compile is None else compile)
     spec = dataclasses.replace(paper.backbone(name), pretrained=False)
     return wrap(create_model(spec, 1000), spec, paper).to(device)
 

@@ -22,6 +22,7 @@ from ..backbones import Backbone
 from ..explainers import explain_heads
 from ..explainers.base import Explainer
 from ..io import device_info
+from ..precision import dtype_name
 from ..schema import NO_ARCH, OVERHEAD_COLUMNS, throughput_frame
 from ..timing import CallLog, DryRun, Timing, dry_run, record_model_calls, synchronize, time_call, time_model_calls
 from .throughput import (
@@ -140,7 +141,7 @@ def run_backbone(backbone: Backbone, heads: Sequence[nn.Module], images: torch.T
     deadline = time.monotonic() + time_budget_s if time_budget_s > 0 else None
     info = device_info(device)
     base = dict(device=str(torch.device(device)), threads=torch.get_num_threads(), backbone=backbone.name,
-                size=plan.size, dtype=str(images.dtype).removeprefix("torch."),
+                size=plan.size, dtype=dtype_name(backbone.compute_dtype),  # bfloat16 under autocast
                 device_name=info.get("gpu", info.get("cpu", "")))
     rows, over, skipped = [], [], []
     head = heads[0]
@@ -183,10 +184,10 @@ def section_inputs(suite: Suite, plan: BenchPlan, name: str) -> tuple[Backbone, 
     if plan.size == "profile":
         bb = suite.backbone(name)
         heads = [suite.head(name, t, "linear") for t in suite.profile.tasks[:plan.n_tasks]]
-        ds = suite.task(suite.profile.tasks[0]).test
+        ds = suite.task(suite.profile.tasks[0], name).test
         raw, _, _ = ds.get(torch.arange(min(n, len(ds))))
         return bb, heads, tile_images(bb.normalize(raw.to(suite.device)), n)
-    bb = paper_backbone(name, suite.device)
+    bb = paper_backbone(name, suite.device, suite.profile.precision, suite.profile.compile)
     heads = random_heads(bb.embed_dim, cfg.paper_head_classes[:plan.n_tasks], suite.device, suite.seed)
     return bb, heads, random_images(bb, n, suite.seed).to(suite.device)
 

@@ -49,7 +49,8 @@ def transfer_error(explainer: TVE, heads: dict[str, nn.Module], ds: ImageSet, n_
                   leave=False):
         ids = idx[s:s + batch_size]
         x = bb.normalize(ds.get(ids)[0].to(device))
-        ek, er = all_window_embeddings(bb, x, explainer.radius, masked_batch_size)
+        with bb.full_precision():  # the reference: fp32 whatever the profile's precision
+            ek, er = all_window_embeddings(bb, x, explainer.radius, masked_batch_size)
         emb = bb.embed(x)
         for kind, head in heads.items():
             y = head_logits(head, emb).argmax(-1)

@@ -51,7 +51,7 @@ def _denormalise(bb, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _predict(model, bb, x: torch.Tensor, player: int) -> tuple[torch.Tensor, torch.Tensor]:
     inp, base = model.prepare(bb, x)
-    pk, pr = model(inp, base)
+    pk, pr = tve.explainer_forward(model, bb, inp, base)
     return pk[0, player], pr[0, player]
 
 
@@ -67,7 +67,7 @@ class Walkthrough:
     def __init__(self, suite: Any, backbone: str, image: int | None = None):
         self.suite, self.name = suite, backbone
         self.bb = bb = suite.backbone(backbone)
-        val = suite.upstream[1]
+        val = suite.upstream_for(backbone)[1]
         idx = suite.profile.walk.image if image is None else image
         if not 0 <= idx < len(val):
             raise IndexError(f"image {idx} is outside the upstream validation set (0..{len(val) - 1})")
@@ -165,7 +165,7 @@ def live_pretraining(suite: Any, backbone: str, progress: bool = True) -> pd.Dat
 
     torch.manual_seed(suite.seed)
     model = tve.build_explainer(bb, cfg)
-    train, val = suite.upstream
+    train, val = suite.upstream_for(bb.name)
     with tempfile.TemporaryDirectory() as tmp:  # live: nothing cached, every run trains afresh
         tve.pretrain(model, bb, train, val, cfg, Path(tmp) / "walk.pt", suite.seed, progress=False, on_step=on_step)
     bar.close()
@@ -197,7 +197,7 @@ def transfer_by_hand(explainer: tve.TVE, head: torch.nn.Module, x: torch.Tensor,
         raise ValueError(f"transfer_by_hand takes one image [1, 3, S, S], got {tuple(x.shape)}")
     inp, emb = model.prepare(bb, x)
     y = int(head_logits(head, emb).argmax(-1))
-    pk, pr = model(inp, emb)
+    pk, pr = tve.explainer_forward(model, bb, inp, emb)  # as `explain` runs it (the same precision)
     win = windows(bb.grid, explainer.radius, x.device)[player].unsqueeze(0)
     h_keep, h_remove = head_logits(head, pk[:, player])[0, y].item(), head_logits(head, pr[:, player])[0, y].item()
     f_keep = head_logits(head, bb.embed(bb.mask(x, win)))[0, y].item()

@@ -100,7 +100,7 @@ class XVecStudy:
         if self.cfg.select_metric not in SELECT_METRICS:
             raise KeyError(f"xvec.select_metric {self.cfg.select_metric!r}: expected one of {SELECT_METRICS}")
         self.backbone = suite.backbone(backbone)
-        self.source_train, self.source_val = suite.upstream
+        self.source_train, self.source_val = suite.upstream_for(backbone)
         self.source_idx, self.val_idx = source_indices(len(self.source_train), len(self.source_val),
                                                        self.cfg, self.seed)
         prof = suite.profile.digest("img_size", "backbones", "backbone_train", "upstream", "n_upstream_val",
@@ -120,7 +120,7 @@ class XVecStudy:
     def _train_set(self, task: str | None) -> tuple[ImageSet, torch.Tensor, int]:
         if task is None:
             return self.source_train, self.source_idx, len(self.source_train.classes)
-        t = self.suite.task(task)
+        t = self.suite.task(task, self.name)
         return t.train, torch.arange(len(t.train)), t.num_classes
 
     def _ckpt(self, stem: str) -> Path:
@@ -132,7 +132,7 @@ class XVecStudy:
         if task is None:
             raw, y, m = self.source_val.get(self.val_idx)
         else:
-            test = self.suite.task(task).test
+            test = self.suite.task(task, self.name).test
             raw, y, m = test.get(torch.arange(min(self.cfg.n_eval, len(test))))
         return self.backbone.normalize(raw.to(self.suite.device)), y, m
 
@@ -246,7 +246,8 @@ class XVecStudy:
             acc, n_acc = accuracy(m, self.source_val, self.eval_cfg.batch_size, self.val_idx), len(self.val_idx)
         else:
             acc_idx = self.accuracy_indices(task)
-            acc, n_acc = accuracy(m, self.suite.task(task).test, self.eval_cfg.batch_size, acc_idx), len(acc_idx)
+            test = self.suite.task(task, self.name).test
+            acc, n_acc = accuracy(m, test, self.eval_cfg.batch_size, acc_idx), len(acc_idx)
         s = pd.concat([s, pd.DataFrame([dict(meta, method="xvec", budget=0, metric="accuracy", value=acc,
                                              n_images=n_acc, seed=self.seed)])], ignore_index=True)
         s["lambda"] = float(lam)

@@ -125,7 +125,7 @@ def _add_upper(st: XVecStudy, out: _Comparison, task: str, x: torch.Tensor, mask
     label = "upper bound (target supervision)"
     out.add(st.score(("upper", task), upper.backbone, upper.cls_head, x, {"xvec_upper": mp}, lg.argmax(1),
                      masks, meta, st.cfg.n_shapley), float("nan"), label,
-            accuracy(upper, st.suite.task(task).test, bs, acc_idx))
+            accuracy(upper, st.suite.task(task, st.name).test, bs, acc_idx))
     out.gallery[label] = mp[:st.eval_cfg.n_gallery]
 
 
@@ -178,10 +178,13 @@ def throughput(st: XVecStudy, task: str, lam: float) -> pd.DataFrame:
     calls = {("inference", 0): lambda: head(st.backbone.embed(xb)),
              ("xvec", 0): lambda: star.explain(xb),
              ("kernelshap", st.cfg.compare_budget): lambda: ks.explain(xb, star.cls_head)}
+    # the frozen backbone's passes (and KernelSHAP's, on the vector-equipped copy) run at the profile's
+    # precision; the self-explaining model's own forward in fp32
+    dtypes = {"inference": st.backbone.compute_dtype, "kernelshap": star.backbone.compute_dtype}
     rows = []
     with torch.no_grad():
         for (method, budget), fn in calls.items():
-            t = time_call(fn, b, st.suite.device, st.cfg.bench_repeats)
+            t = time_call(fn, b, st.suite.device, st.cfg.bench_repeats, dtype=dtypes.get(method, torch.float32))
             rows.append(dict(device=str(st.suite.device), threads=t.threads, backbone=st.name,
                              size="profile", method=method, budget=budget, batch_size=b, n_tasks=1,
                              images_per_s=t.images_per_s, ms_per_image=t.ms_per_image,

@@ -1,0 +1,60 @@
+"""Numeric precision of the model passes: which autocast dtype a profile's ``precision`` means on a device,
+which ``torch.compile`` backends exist, and the ``dtype`` names the throughput tables record
+(`tve_lib.backbones.Backbone` applies them)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .config import PRECISIONS
+
+
+def amp_dtype_for(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` (`tve_lib.config.PRECISIONS`) on ``device``; None: plain fp32.
+
+    ``"auto"`` is bf16 on a CUDA device that supports it and None elsewhere (CPU: today's fp32 path);
+    ``"bf16"`` is bf16 on any device (CPU autocast included: slower there, but what the tests exercise).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of: {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and _cuda_bf16(device.index):
+        return torch.bfloat16
+    return None
+
+
+@functools.cache
+def _cuda_bf16(index: int | None) -> bool:
+    """Whether the CUDA device supports bf16 (asked once per device: every model pass reads it)."""
+    with torch.cuda.device(index if index is not None else torch.cuda.current_device()):
+        return torch.cuda.is_bf16_supported()
+
+
+def check_compile_backend(backend: str) -> str:
+    """``backend`` if torch.compile knows it ("" = no compilation); else a clear error naming the known ones."""
+    if backend:
+        import torch._dynamo
+
+        known = torch._dynamo.list_backends(exclude_tags=())
+        if backend not in known:
+            raise ValueError(f"unknown torch.compile backend {backend!r}; expected '' (off) or one of: "
+                             f"{', '.join(known)}")
+    return backend
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (the ``dtype`` column of the throughput tables)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def to_float32(out):
+    """Floating tensors of a pass's output (a tensor, or a tuple / list of them) as float32."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(to_float32(o) for o in out)
+    return out
