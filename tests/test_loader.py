@@ -46,6 +46,39 @@ def test_workers_deliver_the_same_batches_in_order(jpeg_set, workers):
     assert sub.file_backed and torch.equal(next(iter_batches(sub, 4))[0], jpeg_set.get(torch.arange(10, 14))[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_main_process_conversion_divides_as_totensor(dtype):
+    """Every uint8 value converts to ToTensor's float (a true division: * (1/255) differs on 126 of 256)."""
+    from tve_lib.loader import _to_float
+
+    x = torch.arange(256, dtype=torch.uint8).reshape(4, 1, 8, 8)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        got = _to_float(x)
+    finally:
+        torch.set_default_dtype(old)
+    assert got.dtype == dtype and torch.equal(got, x.to(dtype).div(255))
+
+
+def test_workers_stack_batches_into_shared_memory(monkeypatch):
+    """A worker's batch is built in shared memory (pickling it then copies nothing); in-process it is not."""
+    import tve_lib.loader as L
+
+    items = [(torch.randint(0, 256, (5, 4, 3), dtype=torch.uint8).permute(2, 0, 1), k) for k in range(3)]
+    x, y, m = L._collate(items)
+    assert not x.is_shared() and torch.equal(x, torch.stack([a for a, _ in items])) and y.tolist() == [0, 1, 2]
+    monkeypatch.setattr(L, "get_worker_info", lambda: object())
+    xs, ys, _ = L._collate(items)
+    assert xs.is_shared() and xs.dtype == torch.uint8 and torch.equal(xs, x) and torch.equal(ys, y) and m is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pinned_batches_stay_pinned_after_conversion(jpeg_set):
+    (x, y, _), = load_batches(jpeg_set, [torch.tensor([3, 1])], workers=1, pin_memory=True)
+    assert x.is_pinned() and y.is_pinned() and torch.equal(x, jpeg_set.get(torch.tensor([3, 1]))[0])
+
+
 def test_in_memory_sets_never_start_workers(monkeypatch):
     import tve_lib.loader as L
 

@@ -13,8 +13,9 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 if TYPE_CHECKING:
     from .data import ImageSet
@@ -51,13 +52,27 @@ class _Items(Dataset):
 
 
 def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, None]:
-    return torch.stack([a for a, _ in items]), torch.as_tensor([b for _, b in items], dtype=torch.long), None
+    """A batch stacked, in a worker straight into shared memory (as ``default_collate`` does): sending
+    it then costs no second copy, and the main process maps it."""
+    imgs, out = [a for a, _ in items], None
+    if get_worker_info() is not None:
+        shape = torch.Size((len(imgs), *imgs[0].shape))
+        out = torch.empty(0, dtype=imgs[0].dtype).set_(torch.UntypedStorage._new_shared(shape.numel()), 0, shape)
+    return torch.stack(imgs, out=out), torch.as_tensor([b for _, b in items], dtype=torch.long), None
 
 
-def _to_float(batch: tuple[torch.Tensor, torch.Tensor, None]) -> tuple[torch.Tensor, torch.Tensor, None]:
-    """uint8 pixels -> [0, 1] float, exactly as ``ToTensor`` divides (the in-process path's values)."""
-    x, y, m = batch
-    return x.to(torch.get_default_dtype()).div(255), y, m
+def _to_float(x: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
+    """uint8 pixels -> [0, 1] float, exactly as ``ToTensor`` divides (``x.to(float).div(255)``).
+
+    In numpy, on one thread: torch runs it on an OpenMP team which, while the workers keep every core
+    busy, spin-waits for a descheduled member and burns the decoders' CPU (docs/benchmarks.md)."""
+    dtype = torch.get_default_dtype()
+    out = torch.empty(x.shape, dtype=dtype, pin_memory=pin_memory)  # pinned here: the batch the step copies
+    if dtype in (torch.float32, torch.float64):
+        np.divide(x.numpy(), 255, out=out.numpy(), dtype=out.numpy().dtype)  # a true division, not * (1/255)
+    else:  # half precision: numpy has no twin of torch's rounding
+        torch.div(x, 255, out=out)
+    return out
 
 
 def load_batches(ds: ImageSet, batches: Sequence[torch.Tensor], workers: int | None = None,
@@ -71,6 +86,6 @@ def load_batches(ds: ImageSet, batches: Sequence[torch.Tensor], workers: int | N
             yield ds.get(b)
         return
     dl = DataLoader(_Items(ds), batch_sampler=[b.tolist() for b in batches], num_workers=w,
-                    collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=4)
-    for batch in dl:
-        yield _to_float(batch)
+                    collate_fn=_collate, prefetch_factor=4)
+    for x, y, m in dl:
+        yield _to_float(x, pin_memory), y.pin_memory() if pin_memory else y, m
