@@ -1,9 +1,10 @@
 """Parallel loading of file-backed image sets, as the ecosystem does it: `torch.utils.data.DataLoader`.
 
 Sets that decode files (an ImageFolder, a torchvision dataset: ImageNet, Pets, Imagenette, CIFAR-10)
-are read by ``workers`` worker processes with prefetching (and pinned memory on CUDA); the in-memory
-sets (Fashion-MNIST, digits, mosaics) stay tensors and are sliced directly. Batches keep the order of
-the index batches asked for, so what a step sees never depends on the worker count; under torchrun a
+are read by ``workers`` worker processes with prefetching (and pinned memory on CUDA); workers send uint8
+pixels stacked in shared memory, converted to float in this process exactly as ``ToTensor`` does. The
+in-memory sets (Fashion-MNIST, digits, mosaics) stay tensors and are sliced directly. Batches keep the order
+of the index batches asked for, so what a step sees never depends on the worker count; under torchrun a
 rank asks only for its own shard (`tve_lib.explainers.tve_train` slices each global batch per rank).
 """
 
@@ -67,7 +68,7 @@ def _to_float(x: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
     In numpy, on one thread: torch runs it on an OpenMP team which, while the workers keep every core
     busy, spin-waits for a descheduled member and burns the decoders' CPU (docs/benchmarks.md)."""
     dtype = torch.get_default_dtype()
-    out = torch.empty(x.shape, dtype=dtype, pin_memory=pin_memory)  # pinned here: the batch the step copies
+    out = torch.empty(x.shape, dtype=dtype, pin_memory=pin_memory)
     if dtype in (torch.float32, torch.float64):
         np.divide(x.numpy(), 255, out=out.numpy(), dtype=out.numpy().dtype)  # a true division, not * (1/255)
     else:  # half precision: numpy has no twin of torch's rounding
@@ -85,7 +86,8 @@ def load_batches(ds: ImageSet, batches: Sequence[torch.Tensor], workers: int | N
         for b in batches:
             yield ds.get(b)
         return
+    pin = pin_memory and torch.accelerator.is_available()  # as DataLoader: no accelerator, nothing to pin
     dl = DataLoader(_Items(ds), batch_sampler=[b.tolist() for b in batches], num_workers=w,
                     collate_fn=_collate, prefetch_factor=4)
-    for x, y, m in dl:
-        yield _to_float(x, pin_memory), y.pin_memory() if pin_memory else y, m
+    for x, y, m in dl:  # pinned after the conversion, not before: the float batch is what a step copies
+        yield _to_float(x, pin), y.pin_memory() if pin else y, m
