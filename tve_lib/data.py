@@ -153,7 +153,28 @@ class SubsetImageSet(ImageSet):
         return None if fp is None else fp + hashlib.sha1(self.idx.numpy().tobytes()).hexdigest()[:8]
 
 
-class VisionDatasetImageSet(ImageSet):
+class DecodedImageSet(ImageSet):
+    """A set whose images are files decoded on access by its `Preprocess` (read by loader workers)."""
+
+    file_backed = True
+    preprocess: Preprocess
+
+    def with_preprocess(self, preprocess: Preprocess) -> ImageSet:
+        if preprocess == self.preprocess:
+            return self
+        out = copy.copy(self)
+        out.preprocess = preprocess
+        return out
+
+    def item_uint8(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.item(i, as_uint8=True)
+
+    def get(self, idx):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return torch.stack([self.item(i)[0] for i in idx.tolist()]), self._labels[idx], None
+
+
+class VisionDatasetImageSet(DecodedImageSet):
     """A torchvision dataset (PIL images) decoded on access by ``size``'s transform (a bare size: resized
     and centre-cropped to it; a `Preprocess`: a backbone's own)."""
 
@@ -164,29 +185,13 @@ class VisionDatasetImageSet(ImageSet):
         self._labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.preprocess = as_preprocess(size)
 
-    file_backed = True
-
-    def with_preprocess(self, preprocess: Preprocess) -> ImageSet:
-        if preprocess == self.preprocess:
-            return self
-        out = copy.copy(self)
-        out.preprocess = preprocess
-        return out
-
     def item(self, i: int, as_uint8: bool = False) -> tuple[torch.Tensor, int]:
         img = self.dataset[int(i)][0]
         img = img.convert("RGB") if hasattr(img, "convert") else img
         return self.preprocess(img, as_uint8), int(self._labels[i])
 
-    def item_uint8(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.item(i, as_uint8=True)
 
-    def get(self, idx):
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return torch.stack([self.item(i)[0] for i in idx.tolist()]), self._labels[idx], None
-
-
-class FolderImageSet(ImageSet):
+class FolderImageSet(DecodedImageSet):
     """The readable images of a validated ImageFolder (`tve_lib.imagefolder.scan_imagefolder`)."""
 
     def __init__(self, name: str, scan: FolderScan, size: int | Preprocess):
@@ -195,8 +200,6 @@ class FolderImageSet(ImageSet):
         self._labels = torch.as_tensor(scan.labels, dtype=torch.long)
         self.scan_fingerprint = scan.fingerprint
 
-    file_backed = True
-
     @property
     def fingerprint(self) -> str:
         """What caches of this set are keyed on: its files (not its path) and, when not the plain one,
@@ -204,26 +207,12 @@ class FolderImageSet(ImageSet):
         p = self.preprocess
         return self.scan_fingerprint if p.is_plain else f"{self.scan_fingerprint}@{p.key}"
 
-    def with_preprocess(self, preprocess: Preprocess) -> ImageSet:
-        if preprocess == self.preprocess:
-            return self
-        out = copy.copy(self)
-        out.preprocess = preprocess
-        return out
-
     def item(self, i: int, as_uint8: bool = False) -> tuple[torch.Tensor, int]:
         path = self.files[int(i)]
         try:
             return load_image(path, self.preprocess, as_uint8), int(self._labels[i])
         except Exception as e:  # a file the up-front scan did not decode (ImageNet: only a sample is checked)
             raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e}); remove or replace it") from e
-
-    def item_uint8(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.item(i, as_uint8=True)
-
-    def get(self, idx):
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return torch.stack([self.item(i)[0] for i in idx.tolist()]), self._labels[idx], None
 
 
 @dataclass
