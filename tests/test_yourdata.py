@@ -66,3 +66,23 @@ def test_write_imagefolder_rgb(tmp_path):
     imgs = torch.rand(2, 3, 8, 8)
     write_imagefolder(imgs, torch.tensor([0, 1]), ["a", "b"], tmp_path)
     assert sorted(p.parent.name for p in tmp_path.rglob("*.png")) == ["a", "b"]
+
+
+def test_written_folder_has_the_same_fingerprint_in_every_run(tmp_path):
+    """The demo folder's name (its fingerprint reads modification times) is the same for the same images written
+    at another time, and differs for other images: two runs give the same CSVs."""
+    import os
+    import time
+
+    from tve_lib.imagefolder import scan_imagefolder
+    from tve_lib.studies.yourdata import write_imagefolder
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 1, 8, 8, generator=g), torch.arange(6) % 2
+    a = write_imagefolder(x, y, ["a", "b"], tmp_path / "one")
+    time.sleep(0.05)
+    b = write_imagefolder(x, y, ["a", "b"], tmp_path / "two")
+    assert scan_imagefolder(a).fingerprint == scan_imagefolder(b).fingerprint
+    c = write_imagefolder(x.flip(0), y, ["a", "b"], tmp_path / "three")
+    assert scan_imagefolder(c).fingerprint != scan_imagefolder(a).fingerprint
+    assert os.stat(next((tmp_path / "one" / "a").iterdir())).st_mtime > 1e9  # a plausible time
