@@ -11,6 +11,7 @@ pixels. The cpu and smoke sets are tensors at the profile's size and never pass 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,7 @@ def as_preprocess(size_or_preprocess: int | Preprocess) -> Preprocess:
     return Preprocess(int(size_or_preprocess))
 
 
+@functools.cache  # asked on every `Suite.task` call of the paper profile
 def backbone_preprocess(model_name: str, img_size: int) -> Preprocess:
     """The evaluation transform of timm model ``model_name`` at ``img_size`` px, from its data config
     (`timm.data.resolve_data_config` of its default pretrained config): interpolation, crop percentage and

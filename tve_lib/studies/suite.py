@@ -69,7 +69,7 @@ class Suite:
         self.t0 = time.time()
         self._backbones: dict[str, bbs.Backbone] = {}
         self._histories: dict[str, list[dict]] = {}
-        self._tasks: dict[str, data_mod.Task] = {}
+        self._tasks: dict[str | tuple[str, str], data_mod.Task] = {}
         self._pretrain_sets: dict[tuple, data_mod.ImageSet] = {}
         seed_everything(seed)
 
@@ -123,7 +123,11 @@ class Suite:
                 write_csv(pd.DataFrame(t.skipped), self.path("data", f"skipped_{file_safe(t.name)}.csv"))
             self._tasks[name] = t
         p = self.preprocess(backbone)
-        return self._tasks[name] if p is None else self._tasks[name].with_preprocess(p)
+        if p is None:
+            return self._tasks[name]
+        if (name, p.key) not in self._tasks:  # one decoding per transform, shared by the backbones that use it
+            self._tasks[(name, p.key)] = self._tasks[name].with_preprocess(p)
+        return self._tasks[(name, p.key)]
 
     @property
     def backbone_names(self) -> list[str]:
