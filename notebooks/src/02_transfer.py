@@ -59,7 +59,7 @@ heads = {(b, t): {k: suite.head(b, t, k) for k in ("linear", "mlp")}
 # %%
 b0, t0 = suite.backbone_names[0], suite.profile.tasks[0]
 bb0, tve0, head0 = suite.backbone(b0), suite.explainer(b0), heads[(b0, t0)]["linear"]
-raw0 = suite.task(t0).test.get(torch.tensor([suite.profile.walk.image]))[0]
+raw0 = suite.task(t0, b0).test.get(torch.tensor([suite.profile.walk.image]))[0]
 x0 = bb0.normalize(raw0.to(suite.device))
 player = walk_player(suite.profile, bb0)
 hand = transfer_by_hand(tve0, head0, x0, player)
@@ -82,7 +82,7 @@ for t in suite.profile.tasks:
     maps = {}
     for b in suite.backbone_names:
         bb, tve = suite.backbone(b), suite.explainer(b)
-        x = bb.normalize(raw.to(suite.device))
+        x = bb.normalize(suite.task(t, b).test.get(torch.arange(ev.n_gallery))[0].to(suite.device))
         maps[f"{b}"] = tve.explain(x, heads[(b, t)]["linear"]).cpu()
         maps[f"{b} pooled"] = tve.variant(pool=True).explain(x, heads[(b, t)]["linear"]).cpu()
     fig = attribution_gallery(raw, maps, masks, titles=[ds.classes[i] for i in labels])
@@ -94,10 +94,9 @@ for t in suite.profile.tasks:
 
 # %%
 frames = []
-for b in suite.backbone_names:
-    for t in suite.profile.tasks:
-        frames.append(transfer_error(suite.explainer(b), heads[(b, t)], suite.task(t).test, ev.n_transfer,
-                                     seed=SEED, backbone=b, task=t, masked_batch_size=ev.masked_batch_size))
+for b, t in suite.pairs():
+    frames.append(transfer_error(suite.explainer(b), heads[(b, t)], suite.task(t, b).test, ev.n_transfer,
+                                 seed=SEED, backbone=b, task=t, masked_batch_size=ev.masked_batch_size))
 err = pd.concat(frames, ignore_index=True)
 write_csv(err, suite.path("tve", "transfer_error.csv"))
 summary = (err.groupby(["rule", "backbone", "task", "head"])

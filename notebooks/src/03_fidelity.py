@@ -81,15 +81,14 @@ print(f"profile {suite.profile.name}: {ev.n_fidelity} images per task, budgets {
 paths = {name: suite.path("fidelity", f"{name}.csv") for name in ("curves", "summary", "per_image")}
 timings, amortized, galleries = [], [], {}
 t_all = time.time()
-for b in backbones:
-    for t in tasks:
-        r = run_task(suite, b, t, METHODS)
-        upsert_csv(r.curves, paths["curves"], CURVE_KEYS)
-        upsert_csv(r.summary, paths["summary"], SUMMARY_KEYS)
-        upsert_csv(r.per_image, paths["per_image"], PER_IMAGE_KEYS)
-        timings.append(r.timing)
-        amortized.append(r.amortized)
-        galleries[(b, t)] = r
+for b, t in suite.pairs(backbones, tasks):
+    r = run_task(suite, b, t, METHODS)
+    upsert_csv(r.curves, paths["curves"], CURVE_KEYS)
+    upsert_csv(r.summary, paths["summary"], SUMMARY_KEYS)
+    upsert_csv(r.per_image, paths["per_image"], PER_IMAGE_KEYS)
+    timings.append(r.timing)
+    amortized.append(r.amortized)
+    galleries[(b, t)] = r
 timing = pd.concat(timings, ignore_index=True)
 write_csv(timing, suite.path("fidelity", "timing.csv"))
 amortized_df = pd.concat(amortized, ignore_index=True)

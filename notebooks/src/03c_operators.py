@@ -69,11 +69,10 @@ print(f"operators {cfg.names} on the first {cfg.n_images} evaluation images per 
 paths = {name: suite.path("fidelity", f"{name}.csv") for name in ("operators", "operators_per_image",
                                                                   "operator_agreement")}
 t0 = time.time()
-for b in backbones:
-    for t in tasks:
-        per = run_operator_task(suite, b, t, METHODS)
-        upsert_csv(per, paths["operators_per_image"], OPERATORS_PER_IMAGE_KEYS)
-        upsert_csv(operator_rows(per), paths["operators"], OPERATOR_KEYS)
+for b, t in suite.pairs(backbones, tasks):
+    per = run_operator_task(suite, b, t, METHODS)
+    upsert_csv(per, paths["operators_per_image"], OPERATORS_PER_IMAGE_KEYS)
+    upsert_csv(operator_rows(per), paths["operators"], OPERATOR_KEYS)
 print(f"operator study in {time.time() - t0:.0f} s")
 
 ops = pd.read_csv(paths["operators"])

@@ -181,14 +181,18 @@ suite.write_run_json("throughput", {"PROFILE": PROFILE, "SEED": SEED, "DEVICE": 
 # delivers on generated ImageNet-like JPEGs (decode, resize, centre crop to 224 px; the time includes starting
 # the workers) for each worker count, beside the images per second that one pre-training step of the paper
 # profile's TVE explainer consumes on this device (ViT-B/16, random weights). A device needs about as many
-# workers as it takes for the loader to keep up with the step.
+# workers as it takes for the loader to keep up with the step. The same table gives the peak memory of that
+# step and of one fidelity batch (`bench.fidelity_batch` images with half their players removed, through
+# ViT-B and a head): the allocator's peak on a GPU, the process's peak resident set on a CPU.
 
 # %%
 loader = loading.loader_rows(suite.path("checkpoints", "loader_bench_jpegs"), cfg.loader_images, cfg.loader_workers,
                              cfg.loader_batch_size, seed=SEED)
 step = loading.step_row(suite.device, "vit", cfg.loader_step_batch, seed=SEED)
+fid = loading.fidelity_batch_row(suite.device, "vit", cfg.fidelity_batch, seed=SEED)
 loader_table = pd.concat([loader.assign(what="loader"),
-                          pd.DataFrame([dict(step, what="tve_step", img_size=224)])], ignore_index=True)
+                          pd.DataFrame([dict(step, what="tve_step", img_size=224),
+                                        dict(fid, what="fidelity_batch", img_size=224)])], ignore_index=True)
 write_csv(loader_table.assign(seed=SEED), suite.path("throughput", "loader.csv"))
 display(loader_table[["what", "workers", "batch_size", "images_per_s"]].round(2))
 display(Markdown(report.loader_finding(loader_table)))

@@ -99,7 +99,7 @@ display(source_sweep.pivot_table(index=["backbone", "lambda"], columns="metric",
 # mosaic task) and its accuracy on the whole test split. The dashed line marks λ\* (chosen on the source).
 
 # %%
-sweep = pd.concat([source_sweep] + [st.sweep(t) for st in studies.values() for t in suite.profile.tasks],
+sweep = pd.concat([source_sweep] + [st.sweep(t) for b, st in studies.items() for t in suite.tasks_of(b)],
                   ignore_index=True)
 write_csv(sweep, suite.path("xvec", "lambda_sweep.csv"))
 show = [m for m in ("accuracy", "fid_plus_auc", "fid_minus_auc", "shapley_spearman", "mass_in_region")
@@ -122,7 +122,7 @@ display(sweep[sweep.split == "test"].pivot_table(index=["backbone", "task", "lam
 # %%
 frames = []
 for b, st in studies.items():
-    for t in suite.profile.tasks:
+    for t in suite.tasks_of(b):
         comp, gallery = st.compare(t, choice[b])
         frames.append(comp)
         raw, labels, masks = suite.task(t).test.get(torch.arange(suite.profile.eval.n_gallery))
@@ -153,7 +153,7 @@ savefig(g.figure, suite.path("figures", "06_comparison"))
 # frozen backbone's inference at the same batch size).
 
 # %%
-tp = pd.concat([st.throughput(suite.profile.tasks[0], choice[b]) for b, st in studies.items()], ignore_index=True)
+tp = pd.concat([st.throughput(suite.tasks_of(b)[0], choice[b]) for b, st in studies.items()], ignore_index=True)
 merged = xvec_eval.append_throughput(tp, suite.path("throughput", "throughput.csv"))
 display(tp[["backbone", "method", "budget", "batch_size", "images_per_s", "ms_per_image", "ratio_to_inference"]])
 
