@@ -153,9 +153,11 @@ def test_rerun_skips_completed_notebooks(smoke_results, capsys):
     assert "[skip]" in out or "-dirty" in json.loads((smoke_results / "run.json").read_text())["git_commit"]
 
 
-# wall-clock columns (and what is derived from them) differ between two runs of the same code
+# wall-clock columns (and what is derived from them) and the machine's memory readings (peak resident set,
+# throughput/loader.csv) differ between two runs of the same code
 TIMING = ("second", "_ms", "ms_", "images_per_s", "ratio_to_inference", "overhead", "iqr", "speedup", "wall",
-          "per_s", "repeats", "warmup", "estimated", "basis", "threads", "time", "train_s", "explain_s")
+          "per_s", "repeats", "warmup", "estimated", "basis", "threads", "time", "train_s", "explain_s",
+          "_mib")
 # tables whose text quotes timings: only these columns are compared
 TEXT_WITH_TIMINGS = {"claims.csv": ["id", "method", "claim", "rule"],
                      "throughput/targets.csv": ["target", "backbone", "size", "batch_size", "tve_arch", "op",
