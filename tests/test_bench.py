@@ -219,6 +219,23 @@ def test_costs_over_the_cap_are_estimated_not_run(vit, smoke, monkeypatch):
     r2 = ks.set_index(["n_tasks", "batch_size"]).ms_per_image
     assert r2[(2, 4)] == pytest.approx(2 * r2[(1, 4)])  # n tasks: n x the one-task estimate
     assert res.overhead.estimated.all()
+    assert list(res.overhead.batch_size) == [1, 4]  # a row per batch size, priced by the stand-in run
+    assert res.overhead.basis.str.contains("stand-in").all() and (res.overhead.model_images_per_image == 2001).all()
+
+
+def test_overhead_rows_do_not_depend_on_the_time_budget(vit):
+    """The overhead table has one row per batch size whether the budget lets a row be measured or not
+    (a rerun on a busier machine must not gain or lose rows); unmeasured rows say how they were priced."""
+    heads = bench.random_heads(vit.embed_dim, (2, 3), "cpu")
+    images = bench.random_images(vit, 4)
+    specs = [bench.MethodSpec("kernelshap", lambda h: Sampler(vit, 6), budget=6, dry_run=True, overhead=True)]
+    plan = _plan(batch_sizes=(1, 2, 4), task_batch_size=2)
+    free = running.run_backbone(vit, heads, images, specs, plan, "cpu", progress=None).overhead
+    spent = running.run_backbone(vit, heads, images, specs, plan, "cpu", progress=None, time_budget_s=1e-9).overhead
+    assert list(free.batch_size) == list(spent.batch_size) == [1, 2, 4]
+    assert (free.basis == "measured").all() and spent.estimated.all()
+    assert (spent.model_images_per_image == free.model_images_per_image).all()
+    assert spent.overhead.notna().all()
 
 
 def test_a_slow_first_run_gets_a_second_probe_before_estimating(vit):

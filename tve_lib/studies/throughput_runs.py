@@ -171,7 +171,7 @@ def run_backbone(backbone: Backbone, heads: Sequence[nn.Module], images: torch.T
 
     rows += _task_scaling(backbone, heads, images, specs, built, sweep_ms, plan, device, base, say, deadline)
     tp = add_ratios(throughput_frame(pd.DataFrame(rows), torch.get_num_threads()))
-    oh = pd.DataFrame(over, columns=OVERHEAD_COLUMNS + ["dtype", "device_name"])
+    oh = pd.DataFrame(over, columns=OVERHEAD_COLUMNS + ["basis", "dtype", "device_name"])
     return BenchResult(tp, oh, pd.DataFrame(skipped, columns=["backbone", "size", "method", "reason"]))
 
 
@@ -247,32 +247,39 @@ def _sweep(spec: MethodSpec, expl: Explainer, backbone: Backbone, head: nn.Modul
         rows.append(common | dict(batch_size=b) | fields)
         prev = (b, fields["ms_per_image"], fields["basis"])
         say(f"  {spec.label:<18} batch {b:>3}: {fields['images_per_s']:10.2f} images/s ({fields['basis']})")
-        if spec.overhead:
-            o = _overhead_row(backbone, head, log, t, fields, dry if b == plan.batch_sizes[0] else None, inf_ms,
-                              b, plan, device, deadline)
-            if o is not None:
-                over.append(dict(method=spec.method, budget=spec.budget, batch_size=b) | o)
+        if spec.overhead:  # one row per batch size whatever the time budget: the row set is the plan's
+            o = _overhead_row(backbone, head, log, t, fields, dry, inf_ms, b, plan, device, deadline)
+            over.append(dict(method=spec.method, budget=spec.budget, batch_size=b) | o)
     return rows, over
 
 
 def _overhead_row(backbone: Backbone, head: nn.Module, log: CallLog | None, t: Timing | None, fields: dict,
                   dry: DryRun | None, inf_ms: dict[int, float], b: int, plan: BenchPlan,
-                  device: str | torch.device, deadline: float | None) -> dict | None:
-    """Explainer time against its model calls alone: measured when the explainer was, else estimated."""
-    if t is not None and log is not None and log.n_calls:
-        if _late(deadline) or t.median_s * (plan.repeats + 1) > plan.max_measure_s:  # replay costs as much
-            return None
+                  device: str | torch.device, deadline: float | None) -> dict:
+    """Explainer time against its model calls alone: measured when the explainer was and the replay fits
+    the budget, else estimated from the stand-in run (per image, so at any batch size), else NaN."""
+    replay_fits = t is not None and not _late(deadline) and t.median_s * (plan.repeats + 1) <= plan.max_measure_s
+    if t is not None and log is not None and log.n_calls and replay_fits:
         m = time_model_calls(backbone, head, log, b, device, plan.repeats, 1)
         return dict(explainer_ms_per_image=t.ms_per_image, model_calls_ms_per_image=m.ms_per_image,
                     overhead=t.median_s / m.median_s - 1, model_images_per_image=log.n_images / b,
-                    model_batches=log.n_calls, estimated=False)
-    # the stand-in run estimates the overhead once, at the batch size whose row it predicted
-    if dry is not None and dry.log.n_calls and fields["basis"].startswith("estimated: stand-in"):
+                    model_batches=log.n_calls, estimated=False, basis="measured")
+    if t is not None and log is not None and log.n_calls:  # the explainer's own calls, priced by inference
+        model = log.cost_ms(inf_ms) / b
+        return dict(explainer_ms_per_image=t.ms_per_image, model_calls_ms_per_image=model,
+                    overhead=t.ms_per_image / model - 1, model_images_per_image=log.n_images / b,
+                    model_batches=log.n_calls, estimated=True,
+                    basis="estimated: measured explainer, its model calls x measured inference time")
+    if dry is not None and dry.log.n_calls:
         own, model = dry.estimate_ms(inf_ms)
-        return dict(explainer_ms_per_image=fields["ms_per_image"], model_calls_ms_per_image=model,
+        # the stand-in ran dry.n_images images: its batch count holds at that batch size only
+        return dict(explainer_ms_per_image=own + model, model_calls_ms_per_image=model,
                     overhead=own / model, model_images_per_image=dry.log.n_images / dry.n_images,
-                    model_batches=dry.log.n_calls, estimated=True)
-    return None
+                    model_batches=dry.log.n_calls if b == dry.n_images else float("nan"), estimated=True,
+                    basis=f"estimated: stand-in run of {dry.n_images} image(s) + measured inference time")
+    nan = float("nan")
+    return dict(explainer_ms_per_image=nan, model_calls_ms_per_image=nan, overhead=nan,
+                model_images_per_image=nan, model_batches=nan, estimated=True, basis="not measured: no stand-in run")
 
 
 def _task_scaling(backbone: Backbone, heads: Sequence[nn.Module], images: torch.Tensor,
