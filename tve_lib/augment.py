@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .data import ImageSet, TensorImageSet
+from .imagesets import ImageSet, TensorImageSet
 
 AUGMENTS = ("none", "composite")
 

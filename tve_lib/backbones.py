@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .cache import digest, load_or_train
 from .config import BackboneSpec, BackboneTrain, Profile
-from .data import ImageSet, iter_batches
+from .imagesets import ImageSet, iter_batches
 from .io import checkpoint, resume, save_torch
 from .masking import apply_mask
 from .operators import RemovalOperator

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 if TYPE_CHECKING:
-    from .data import ImageSet
+    from .imagesets import ImageSet
 
 
 def default_workers() -> int:

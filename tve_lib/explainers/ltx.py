@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from ..backbones import Backbone, token_grid
 from ..config import EvalConfig, LTXConfig
-from ..data import ImageSet, iter_batches
 from ..heads import head_logits
+from ..imagesets import ImageSet, iter_batches
 from ..masking import apply_mask
 from ..schema import SELECTIONS
 from .base import Explainer

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import Backbone
 from ..cache import UNUSABLE
-from ..data import ImageSet, content_digest
+from ..imagesets import ImageSet, content_digest
 from ..io import load_torch, save_torch, write_json
 from ..loader import load_batches
 from ..masking import windows

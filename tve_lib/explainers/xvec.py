@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from ..backbones import Backbone, resize_grid
 from ..cache import cached
 from ..config import XVecConfig
-from ..data import ImageSet
 from ..heads import last_linear
+from ..imagesets import ImageSet
 from ..io import save_torch
 from ..metrics import masked_embeddings
 from ..shapley import kernel_coalitions, kernel_shap

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..cache import cached, digest, file_safe
-from ..data import iter_batches
 from ..explainers import make_explainer
 from ..explainers.amortized import Amortized, build_net, train_amortized
+from ..imagesets import iter_batches
 
 if TYPE_CHECKING:
     from .suite import Suite

@@ -31,9 +31,9 @@ from .. import metrics as M
 from ..backbones import Backbone
 from ..cache import cached, digest, file_safe
 from ..config import EvalConfig
-from ..data import ImageSet
 from ..explainers import EXPLAINERS, explain_heads, explainer_class, supports
 from ..heads import HEAD_KINDS, head_logits
+from ..imagesets import ImageSet
 from ..schema import CURVE_COLUMNS, PER_IMAGE_METRICS, SUMMARY_COLUMNS, method_label
 from ..shapley import ShapleyReference, group_sum, player_groups, shapley_references
 from .fastshap import obtain_amortized

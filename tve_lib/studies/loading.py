@@ -19,10 +19,10 @@ import pandas as pd
 import torch
 
 from ..config import TVEConfig, get_profile
-from ..data import FolderImageSet, TensorImageSet
 from ..explainers.tve_model import build_explainer
 from ..explainers.tve_train import step_seconds
 from ..imagefolder import scan_imagefolder
+from ..imagesets import FolderImageSet, TensorImageSet
 from ..loader import load_batches
 from ..memory import peak_memory
 from ..precision import dtype_name

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..data import ImageSet
 from ..explainers.tve import TVE, all_window_embeddings, transfer_rule
 from ..heads import head_logits
+from ..imagesets import ImageSet
 from ..metrics import spearman, topk_overlap
 
 

@@ -28,7 +28,6 @@ from torch import nn
 from ..backbones import Backbone
 from ..cache import cached, digest, file_safe
 from ..config import XVecConfig
-from ..data import ImageSet
 from ..explainers.xvec import (
     SUPERVISION_ESTIMATOR,
     SelfExplainingModel,
@@ -41,6 +40,7 @@ from ..explainers.xvec import (
     task_vector,
     train_model,
 )
+from ..imagesets import ImageSet
 from ..schema import MODEL_NAMES, SELF_HEAD, SWEEP_COLUMNS, SWEEP_EXTRA
 from ..shapley import ShapleyReference, player_groups, shapley_references
 from . import xvec_eval

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from ..data import ImageSet, iter_batches
 from ..explainers import make_explainer
 from ..explainers.xvec import SelfExplainingModel
 from ..heads import head_accuracy
+from ..imagesets import ImageSet, iter_batches
 from ..metrics import DIRECTION
 from ..schema import SELF_HEAD
 from ..timing import time_call

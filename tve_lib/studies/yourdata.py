@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..config import Profile
-from ..data import ImageSet
+from ..imagesets import ImageSet
 
 N_CLASSES = 3  # classes of the demo folder: a new, smaller label space than its source task
 
