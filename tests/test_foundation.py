@@ -11,7 +11,8 @@ import torch
 from conftest import tiny_backbone
 
 from tve_lib import data as data_mod
-from tve_lib.backbones import Backbone, create_model, derive_grid, find_weights, obtain_backbone, wrap
+from tve_lib.backbone_training import obtain_backbone
+from tve_lib.backbones import Backbone, create_model, derive_grid, find_weights, wrap
 from tve_lib.config import BackboneSpec, get_profile
 from tve_lib.heads import check_head, fold_standardization, head_accuracy, make_head, train_head
 from tve_lib.io import CorruptCheckpoint, load_torch, save_torch, upsert_csv
@@ -235,7 +236,7 @@ def test_truncated_checkpoint_is_detected_and_retrained(tmp_path):
 
 def test_backbone_training_resumed_after_a_kill_matches_an_uninterrupted_one(tmp_path, monkeypatch):
     """Swin's drop-path draws from the global generator: seeded per epoch, a resumed run is exact."""
-    import tve_lib.backbones as bbs
+    import tve_lib.backbone_training as bbs
 
     prof = get_profile("smoke", {"backbone_train.n_images": 64, "backbone_train.epochs": 2})
     up = data_mod.load_upstream(prof)[0]

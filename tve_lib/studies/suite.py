@@ -20,6 +20,7 @@ import torch
 
 from .. import backbones as bbs
 from .. import data as data_mod
+from ..backbone_training import evaluate_accuracy, obtain_backbone
 from ..cache import cached, digest, file_safe, load_or_train
 from ..config import Profile, env_overrides, get_profile
 from ..explainers import explainer_class, make_explainer
@@ -156,9 +157,9 @@ class Suite:
             up = None
             if not spec.pretrained:
                 up = self.upstream_for(name)[0]
-            bb, hist = bbs.obtain_backbone(self.profile, name, self.ckpt_dir, self.device, self.seed,
-                                           self.weights_dir, up,
-                                           num_classes=len(up.classes) if up is not None else 1000)
+            bb, hist = obtain_backbone(self.profile, name, self.ckpt_dir, self.device, self.seed,
+                                       self.weights_dir, up,
+                                       num_classes=len(up.classes) if up is not None else 1000)
             self._backbones[name], self._histories[name] = bb, hist
         return self._backbones[name]
 
@@ -216,8 +217,8 @@ class Suite:
             bb = self.backbone(b)
             if bb.num_classes == len(test.classes):
                 p = self.preprocess(b)
-                acc = bbs.evaluate_accuracy(bb, test if p is None else test.with_preprocess(p),
-                                            self.profile.eval.batch_size, self.device)
+                acc = evaluate_accuracy(bb, test if p is None else test.with_preprocess(p),
+                                        self.profile.eval.batch_size, self.device)
                 rows.append(dict(backbone=b, task=self.profile.upstream, head="backbone",
                                  split="test", accuracy=acc, n_images=len(test), seed=self.seed))
             for t in self.profile.tasks:
