@@ -96,6 +96,29 @@ def test_dense_loss_is_the_mean_of_per_window_losses():
         tve_loss(pk, pr, tk, tr, torch.zeros(3, 2, dtype=torch.long), 2.0)
 
 
+def test_whitened_loss_is_the_mse_of_errors_in_per_dimension_units():
+    """``loss_dims="whitened"``: each dimension's error over its target standard deviation (weights of
+    mean 1), both branches pooled; "plain" is the MSE itself; the within-image weight still applies."""
+    from tve_lib.explainers.tve_train import dim_weights
+
+    g = torch.Generator().manual_seed(1)
+    scale = torch.tensor([0.5, 1.0, 2.0, 3.0, 0.7], dtype=torch.float64)  # none under the floor
+    pk, pr, tk, tr = (torch.randn(4, 16, 5, generator=g, dtype=torch.float64) * scale for _ in range(4))
+    assert dim_weights(tk, tr, "plain") is None
+    w = dim_weights(tk, tr, "whitened")
+    var = torch.cat([tk.flatten(0, 1), tr.flatten(0, 1)]).var(0)
+    assert w.mean().item() == pytest.approx(1.0) and torch.allclose(w * var, (w * var)[0].expand(5))
+    sd = w.rsqrt()  # rescaling predictions and targets by 1/sqrt(w) gives the plain loss back
+    for cw in (1.0, 4.0):
+        got = tve_loss(pk, pr, tk, tr, None, cw, w)
+        ref = tve_loss(pk / sd, pr / sd, tk / sd, tr / sd, None, cw)
+        assert torch.allclose(got[0], ref[0]) and torch.allclose(got[1], ref[1])
+    tiny = torch.zeros(4, 16, 5, dtype=torch.float64)  # a constant dimension: floored, not divided by 0
+    assert torch.isfinite(dim_weights(tiny + scale, tr, "whitened")).all()
+    with pytest.raises(ValueError, match="loss_dims"):
+        dim_weights(tk, tr, "pca")
+
+
 @pytest.mark.parametrize("arch", ["two", "tapped"])
 def test_dense_and_online_training_reach_the_same_weights(tmp_path, arch):
     bb = tiny_backbone("vit").double()

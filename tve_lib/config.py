@@ -72,6 +72,9 @@ class TVEConfig:
     tap_pixels: bool = True  # arch "tapped": also each player's own pixels
     # weight of the within-image part of the squared error (every window only): 1 = the plain MSE
     centred_weight: float = 4.0
+    # "plain": every embedding dimension's squared error alike (the method's MSE); "whitened": each over its
+    # variance in the held-out probe's targets, so low-variance directions a downstream head may read count too
+    loss_dims: str = "plain"
     # upstream augmentation (tve_lib.augment): "none", or "composite": this fraction of the pre-training
     # images replaced by 2x2 composites of half-size upstream images and zoomed, shifted single images
     augment: str = "composite"

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import Backbone
 from ..config import TVEConfig
-from ..data import ImageSet, iter_batches
+from ..imagesets import ImageSet, iter_batches
 from ..io import checkpoint, resume, save_torch
 from ..loader import load_batches
 from ..masking import default_radius
@@ -36,8 +36,28 @@ from .tve_targets import all_window_embeddings, token_store, upstream_order, win
 SAMPLERS = ("dense", "online")
 
 
-def _mse(p: torch.Tensor, t: torch.Tensor, centred_weight: float) -> torch.Tensor:
+LOSS_DIMS = ("plain", "whitened")
+
+
+def dim_weights(tk: torch.Tensor, tr: torch.Tensor, mode: str) -> torch.Tensor | None:
+    """Per-dimension weights ``[D]`` of the squared error: None for ``"plain"`` (every dimension alike,
+    the method's MSE); for ``"whitened"``, one over each dimension's variance in the targets ``tk, tr``
+    (both branches pooled; floored at 1 % of the mean variance), scaled to mean 1 so the loss keeps its size.
+    """
+    if mode not in LOSS_DIMS:
+        raise ValueError(f"unknown loss_dims {mode!r}; expected one of: {', '.join(LOSS_DIMS)}")
+    if mode == "plain":
+        return None
+    var = torch.cat([tk.flatten(0, -2), tr.flatten(0, -2)]).float().var(0)
+    w = 1.0 / var.clamp_min(0.01 * var.mean())
+    return w / w.mean()
+
+
+def _mse(p: torch.Tensor, t: torch.Tensor, centred_weight: float, dim_weight: torch.Tensor | None = None
+         ) -> torch.Tensor:
     e = p - t
+    if dim_weight is not None:  # a weighted squared error is the plain one of rescaled errors
+        e = e * dim_weight.sqrt()
     if centred_weight == 1.0:
         return (e ** 2).mean()
     # the MSE splits exactly into the error of the per-image mean over windows and the error of the
@@ -47,18 +67,20 @@ def _mse(p: torch.Tensor, t: torch.Tensor, centred_weight: float) -> torch.Tenso
 
 
 def tve_loss(pk: torch.Tensor, pr: torch.Tensor, tk: torch.Tensor, tr: torch.Tensor,
-             centres: torch.Tensor | None, centred_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+             centres: torch.Tensor | None, centred_weight: float = 1.0,
+             dim_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The two branch MSEs: over every window (``centres=None``) or the drawn ``centres [B, K]``.
 
     ``centred_weight`` (every window only) weights the within-image part of the error: 1 gives
-    the plain MSE, the method's objective.
+    the plain MSE, the method's objective. ``dim_weight [D]`` (`dim_weights`) weights each embedding
+    dimension's squared error.
     """
     if centres is not None:
         if centred_weight != 1.0:
             raise ValueError("centred_weight != 1 needs every window of an image (dense sampler or K >= G²)")
         idx = centres.unsqueeze(-1).expand(-1, -1, pk.shape[-1])
         pk, pr = pk.gather(1, idx), pr.gather(1, idx)
-    return _mse(pk, tk, centred_weight), _mse(pr, tr, centred_weight)
+    return _mse(pk, tk, centred_weight, dim_weight), _mse(pr, tr, centred_weight, dim_weight)
 
 
 class _ImageFeed:
@@ -206,7 +228,8 @@ def _optimiser(model: nn.Module, cfg: TVEConfig, total: int) -> dict[str, Any]:
 
 def _epoch(net: nn.Module, objs: dict[str, Any], source: DenseSource | OnlineSource, cfg: TVEConfig,
            order: torch.Tensor, gen: torch.Generator, epoch: int, desc: str, progress: bool,
-           on_step: Callable[[int, float, float], None] | None) -> tuple[float, float, int]:
+           on_step: Callable[[int, float, float], None] | None, dim_weight: torch.Tensor | None = None
+           ) -> tuple[float, float, int]:
     """One pass over ``order`` in global batches; returns the summed keep/remove losses and images seen."""
     rank, world = _dist()
     opt, sched = objs["opt"], objs["sched"]
@@ -222,7 +245,8 @@ def _epoch(net: nn.Module, objs: dict[str, Any], source: DenseSource | OnlineSou
         centres = source.centres(len(pos), gen)  # drawn for the global batch: same on every rank
         lo, hi = (len(pos) * rank) // world, (len(pos) * (rank + 1)) // world
         inp, base, tk, tr, c = source.batch(pos[lo:hi], None if centres is None else centres[lo:hi])
-        lk, lr = tve_loss(*explainer_forward(net, source.bb, inp, base), tk, tr, c, cfg.centred_weight)
+        lk, lr = tve_loss(*explainer_forward(net, source.bb, inp, base), tk, tr, c, cfg.centred_weight,
+                          dim_weight)
         opt.zero_grad(set_to_none=True)
         (cfg.keep_weight * lk + lr).backward()
         opt.step()
@@ -274,13 +298,16 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
         state["seconds"] += state["target_seconds"]
     probe = _probe(backbone, val, cfg, seed, radius)
     probe_inputs = prepare_batches(model, backbone, probe[0], cfg.batch_size)
+    # from the held-out probe's targets: the same for both samplers, and fixed before the first step
+    dim_weight = dim_weights(probe[2], probe[3], cfg.loss_dims)
 
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.time()
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(n, generator=gen)
         sk, sr, seen = _epoch(net, objs, source, cfg, order, gen, epoch,
-                              f"TVE {backbone.name} epoch {epoch + 1}/{cfg.epochs}", progress, on_step)
+                              f"TVE {backbone.name} epoch {epoch + 1}/{cfg.epochs}", progress, on_step,
+                              dim_weight)
         state["seconds"] += time.time() - t0
         ho = heldout_losses(model, backbone, probe[0], probe[1], probe[2], probe[3], cfg.batch_size, probe_inputs)
         common = {"seconds": state["seconds"], "target_seconds": state["target_seconds"]}

@@ -86,6 +86,9 @@ def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
         v += [Variant("loss", f"centred weight {ref.centred_weight:g} (ref)", ref),
               Variant("loss", f"centred weight {other_w:g}" + (" (plain MSE)" if other_w == 1 else ""),
                       dataclasses.replace(ref, centred_weight=other_w))]
+    other_dims = "whitened" if ref.loss_dims == "plain" else "plain"
+    v += [Variant("loss dimensions", f"{ref.loss_dims} (ref)", ref),
+          Variant("loss dimensions", other_dims, dataclasses.replace(ref, loss_dims=other_dims))]
     if ref.arch == "tapped":
         v += [Variant("tapped inputs", "tokens + pixels (ref)" if ref.tap_pixels else "tokens (ref)", ref),
               Variant("tapped inputs", "tokens only" if ref.tap_pixels else "tokens + pixels",
