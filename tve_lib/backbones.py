@@ -144,14 +144,17 @@ class Backbone(nn.Module):
             self._compiled[name] = torch.compile(fns[name], backend=self.compile_backend)
         return self._compiled[name]
 
-    def _run(self, name: str, *args):
-        """``_pass(name)(*args)``, under autocast when `amp_dtype` is set (floating outputs as float32)."""
+    def _amp(self, fn: Callable, *args):
+        """``fn(*args)``, under autocast when `amp_dtype` is set (floating outputs as float32)."""
         dt = self.amp_dtype
         if dt is None:
-            return self._pass(name)(*args)
+            return fn(*args)
         with torch.autocast(self.mean.device.type, dtype=dt):
-            out = self._pass(name)(*args)
+            out = fn(*args)
         return to_float32(out)
+
+    def _run(self, name: str, *args):
+        return self._amp(self._pass(name), *args)
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw images in [0, 1], ``[B, 1|3, S, S]`` -> normalised 3-channel model input."""
@@ -194,10 +197,7 @@ class Backbone(nn.Module):
             raise TypeError(f"{self.name}: {type(self.model).__name__} has no forward_intermediates; "
                             "the tapped TVE explainer needs a timm model that provides it")
         n_layers = min(n_layers, len(getattr(self.model, "feature_info", [])) or n_layers)  # Swin: 2 stages
-        if self.amp_dtype is None:
-            return self._player_tokens(x, n_layers)
-        with torch.autocast(self.mean.device.type, dtype=self.amp_dtype):
-            return to_float32(self._player_tokens(x, n_layers))
+        return self._amp(self._player_tokens, x, n_layers)
 
     def _player_tokens(self, x: torch.Tensor, n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
         final, maps = self._pass("tokens")(x, n_layers)
