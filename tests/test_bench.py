@@ -238,6 +238,27 @@ def test_overhead_rows_do_not_depend_on_the_time_budget(vit):
     assert spent.overhead.notna().all()
 
 
+def test_throughput_rows_and_call_counts_do_not_depend_on_the_time_budget(vit):
+    """Every row of the plan is written whether measured or estimated, and the model images per image (a
+    property of the method, not of the machine) are the same either way: a rerun on a busier machine
+    changes timings and the estimated flags, nothing else."""
+    heads = bench.random_heads(vit.embed_dim, (2, 3), "cpu")
+    images = bench.random_images(vit, 4)
+    specs = [bench.MethodSpec("kernelshap", lambda h: Sampler(vit, 6), budget=6, dry_run=True, overhead=True),
+             bench.MethodSpec("cheap", lambda h: Sampler(vit, 1))]
+    plan = _plan(batch_sizes=(1, 2, 4), task_batch_size=2)
+    keys = ["method", "budget", "batch_size", "n_tasks"]
+    free = running.run_backbone(vit, heads, images, specs, plan, "cpu", progress=None).throughput
+    slow = running.run_backbone(vit, heads, images, specs, _plan(batch_sizes=(1, 2, 4), task_batch_size=2,
+                                                                 max_measure_s=1e-6), "cpu", progress=None)
+    slow = slow.throughput
+    a, b = (d.sort_values(keys).reset_index(drop=True) for d in (free, slow))
+    assert a[keys].equals(b[keys]) and slow[slow.method != "inference"].estimated.all()
+    one = a.n_tasks == 1
+    assert a[one].model_images_per_image.equals(b[one].model_images_per_image)
+    assert a[one].model_images_per_image.notna().all()
+
+
 def test_a_slow_first_run_gets_a_second_probe_before_estimating(vit):
     import time
 

@@ -244,6 +244,9 @@ def _sweep(spec: MethodSpec, expl: Explainer, backbone: Backbone, head: nn.Modul
                                   pred_ms, pred_basis, deadline)
         if fields["estimated"] and log is None and dry is not None:
             fields["model_images_per_image"] = dry.log.n_images / dry.n_images
+        elif "model_images_per_image" not in fields and rows:  # not run at this size: the count per image
+            # does not depend on the batch size, and the estimate itself comes from the smaller batch's row
+            fields["model_images_per_image"] = rows[-1].get("model_images_per_image", float("nan"))
         rows.append(common | dict(batch_size=b) | fields)
         prev = (b, fields["ms_per_image"], fields["basis"])
         say(f"  {spec.label:<18} batch {b:>3}: {fields['images_per_s']:10.2f} images/s ({fields['basis']})")
