@@ -251,12 +251,12 @@ def _sweep(spec: MethodSpec, expl: Explainer, backbone: Backbone, head: nn.Modul
         prev = (b, fields["ms_per_image"], fields["basis"])
         say(f"  {spec.label:<18} batch {b:>3}: {fields['images_per_s']:10.2f} images/s ({fields['basis']})")
         if spec.overhead:  # one row per batch size whatever the time budget: the row set is the plan's
-            o = _overhead_row(backbone, head, log, t, fields, dry, inf_ms, b, plan, device, deadline)
+            o = _overhead_row(backbone, head, log, t, dry, inf_ms, b, plan, device, deadline)
             over.append(dict(method=spec.method, budget=spec.budget, batch_size=b) | o)
     return rows, over
 
 
-def _overhead_row(backbone: Backbone, head: nn.Module, log: CallLog | None, t: Timing | None, fields: dict,
+def _overhead_row(backbone: Backbone, head: nn.Module, log: CallLog | None, t: Timing | None,
                   dry: DryRun | None, inf_ms: dict[int, float], b: int, plan: BenchPlan,
                   device: str | torch.device, deadline: float | None) -> dict:
     """Explainer time against its model calls alone: measured when the explainer was and the replay fits
