@@ -1,0 +1,62 @@
+"""Budgets past the profile's (`tve_lib.studies.scaling_extended`): parsed strictly, measured by the scaling
+study's own code, upserted so a rerun replaces its rows, and read by notebook 03b's finding."""
+
+import pandas as pd
+import pytest
+
+from tve_lib.report.claims import SPEARMAN_OK, TOPK_OK
+from tve_lib.report.findings import extended_finding
+from tve_lib.schema import SCALING_COLUMNS
+from tve_lib.studies.scaling_extended import main, parse_budget
+
+
+def test_budgets_parse_strictly():
+    assert parse_budget("12000x40", 2) == (12000, 40) and parse_budget("48000X1x1", 3) == (48000, 1, 1)
+    for bad, parts in (("12000", 2), ("0x40", 2), ("ax40", 2), ("100x1", 3), ("100x1x1", 2)):
+        with pytest.raises(ValueError, match="IMAGESxEPOCHS"):
+            parse_budget(bad, parts)
+
+
+def test_cli_measures_and_upserts_budgets(tmp_path, capsys):
+    args = ["--profile", "smoke", "--dense", "32x1", "--online", "32x1x1", "--test-images", "2",
+            "--results-dir", str(tmp_path), "--device", "cpu"]
+    main(args)
+    path = tmp_path / "smoke" / "tve" / "scaling_extended.csv"
+    ext = pd.read_csv(path)
+    assert list(ext.columns[:len(SCALING_COLUMNS)]) == SCALING_COLUMNS
+    assert sorted(ext.sampler) == ["dense", "online"] and (ext.n_images == 32).all()
+    assert {"threads", "cpu", "git_commit", "transfer_spearman_min"} <= set(ext.columns)
+    assert ext.transfer_spearman.between(-1, 1).all() and (ext.pretrain_seconds > 0).all()
+    settings = pd.read_csv(tmp_path / "smoke" / "tve" / "scaling_extended_settings.csv")
+    assert len(settings) == 2 * settings.groupby(["task", "head"]).ngroups
+    main(args[:4] + args[6:])  # the dense budget again: its row is replaced, the online one kept
+    again = pd.read_csv(path)
+    assert len(again) == 2 and sorted(again.sampler) == ["dense", "online"]
+    text = extended_finding(again, pd.DataFrame(columns=["backbone", "sampler", "arch", "n_images", "epochs",
+                                                         "pretrain_seconds"]), settings)
+    assert "32 images × 1 epochs" in text and "dense sampler" in text and "online sampler" in text
+
+
+def test_cli_rejects_budgets_the_upstream_set_cannot_fill(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--profile", "smoke", "--dense", "10000000x1", "--results-dir", str(tmp_path), "--device", "cpu"])
+    assert "upstream set has" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--profile", "smoke", "--results-dir", str(tmp_path)])
+    assert "name at least one budget" in capsys.readouterr().err
+
+
+def test_extended_finding_names_the_first_budget_meeting_the_target():
+    run = pd.DataFrame([dict(backbone="vit", sampler="dense", arch="tapped", n_images=3000, epochs=40,
+                             pretrain_seconds=280.0)])
+    ext = pd.DataFrame([dict(backbone="vit", sampler="dense", arch="tapped", n_images=n, epochs=40, pretrain_seconds=s,
+                             transfer_spearman=m, transfer_spearman_min=w, cpu="x86_64", threads=2)
+                        for n, s, m, w in ((3000, 420.0, 0.85, 0.77), (12000, 1700.0, 0.9, SPEARMAN_OK + 0.01))])
+    settings = pd.DataFrame([dict(backbone="vit", sampler="dense", arch="tapped", n_images=12000, epochs=40,
+                                  task=t, head="mlp", topk_overlap=o) for t, o in (("a", TOPK_OK), ("b", 0.5))])
+    text = extended_finding(ext, run, settings)
+    assert "first at 12000 images × 40 epochs" in text and "420 s there and 280 s in this run" in text
+    assert "overlap ≥ 0.6 in 1/2 settings" in text and "not every setting" in text
+    missed = extended_finding(ext.iloc[:1], run)
+    assert "no budget measured brings every setting" in missed
+    assert "No budget past this run's" in extended_finding(None, run)

@@ -1,0 +1,107 @@
+"""Budgets of the scaling study past the profile's, measured on demand (not part of ``run_all.sh``).
+
+Notebook 03b's scaling study stops at twice the profile's pre-training compute, so that a whole run fits
+its time. Where a quality target is still missed there, this measures further budgets with the same code
+(`scaling_row` on the same `ScalingProbe`: the same test images, heads and exact maps) and upserts them into
+``results/<profile>/tve/scaling_extended.csv`` (the columns of ``scaling.csv``, plus where and how they were
+measured) and ``scaling_extended_settings.csv`` (the per-setting scores). Notebook 03b reads that file when it
+exists and draws its rows beside its own; it never writes it. Pre-trained explainers and target stores are
+cached and resumed like every other::
+
+    python -m tve_lib.studies.scaling_extended --profile cpu --dense 12000x40 --dense 3000x40
+    python -m tve_lib.studies.scaling_extended --profile cpu --online 48000x1x1 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+import torch
+
+from ..io import device_info, git_commit, upsert_csv
+from .scaling import ScalingProbe, budget_config, scaling_row
+from .suite import Suite
+
+#: what identifies one budget's row: rerunning a budget replaces it
+EXTENDED_KEYS = ["backbone", "sampler", "arch", "n_images", "epochs", "windows_per_image", "seed"]
+
+
+def parse_budget(text: str, parts: int) -> tuple[int, ...]:
+    """``"12000x40"`` -> ``(12000, 40)``; a clear error for anything else."""
+    try:
+        out = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        out = ()
+    if len(out) != parts or min(out, default=0) < 1:
+        shape = "IMAGESxEPOCHS" if parts == 2 else "IMAGESxEPOCHSxK"
+        raise ValueError(f"budget {text!r}: expected {shape} with positive integers, e.g. "
+                         f"{'12000x40' if parts == 2 else '48000x1x1'}")
+    return out
+
+
+def extended_budgets(suite: Suite, dense: list[str], online: list[str]) -> list:
+    """The TVEConfigs of the requested budgets, as `scaling_budgets` builds the profile's own."""
+    base = suite.profile.tve
+    out = [budget_config(base, sampler="dense", n_images=n, epochs=e) for n, e in (parse_budget(d, 2) for d in dense)]
+    out += [budget_config(base, sampler="online", n_images=n, epochs=e, windows_per_image=k, centred_weight=1.0)
+            for n, e, k in (parse_budget(o, 3) for o in online)]
+    n_up = len(suite.upstream[0])
+    too_big = [c.n_images for c in out if c.n_images > n_up]
+    if too_big:
+        raise ValueError(f"budgets of {too_big} images: the {suite.profile.name} profile's upstream set has {n_up}")
+    return out
+
+
+def run_extended(suite: Suite, backbone: str, budgets: list, n_test_images: int | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Measure ``budgets`` on ``backbone`` and upsert their rows (see the module's docstring)."""
+    n = n_test_images or suite.profile.scaling.n_test_images
+    probe = ScalingProbe(suite, backbone, n, suite.tasks_of(backbone))
+    info = device_info(suite.device)
+    where = dict(threads=info["threads"], cpu=info["cpu"], device_name=info.get("gpu", info["device"]),
+                 git_commit=git_commit())
+    rows, per = [], []
+    for cfg in budgets:
+        row, p = scaling_row(probe, cfg)
+        row = {**row, **where, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        print(f"[{backbone}] {cfg.sampler} {row['n_images']} x {cfg.epochs}: {row['pretrain_seconds']:.0f} s, "
+              f"Spearman {row['transfer_spearman']:.3f} (worst {row['transfer_spearman_min']:.3f}), "
+              f"overlap {row['topk_overlap']:.3f}", flush=True)
+        rows.append(upsert_csv(pd.DataFrame([row]), suite.path("tve", "scaling_extended.csv"), EXTENDED_KEYS))
+        per.append(upsert_csv(p.assign(seed=suite.seed), suite.path("tve", "scaling_extended_settings.csv"),
+                              ["backbone", "sampler", "arch", "n_images", "epochs", "seed", "task", "head"]))
+    return (rows[-1], per[-1]) if rows else (pd.DataFrame(), pd.DataFrame())
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--backbone", default="vit")
+    ap.add_argument("--dense", action="append", default=[], help="IMAGESxEPOCHS, every window (repeatable)")
+    ap.add_argument("--online", action="append", default=[], help="IMAGESxEPOCHSxK, K drawn windows (repeatable)")
+    ap.add_argument("--test-images", type=int, default=0, help="test images per task (default: the profile's)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--data-dir", default="")
+    ap.add_argument("--weights-dir", default="")
+    ap.add_argument("--results-dir", default="results")
+    a = ap.parse_args(argv)
+    if not a.dense and not a.online:
+        ap.error("name at least one budget: --dense IMAGESxEPOCHS or --online IMAGESxEPOCHSxK")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    suite = Suite(a.profile, a.seed, a.device, a.data_dir, a.weights_dir, a.results_dir)
+    if a.backbone not in suite.backbone_names:
+        ap.error(f"unknown backbone {a.backbone!r}; the {a.profile} profile has: {', '.join(suite.backbone_names)}")
+    try:
+        budgets = extended_budgets(suite, a.dense, a.online)
+    except ValueError as e:
+        ap.error(str(e))
+    run_extended(suite, a.backbone, budgets, a.test_images or None)
+
+
+if __name__ == "__main__":
+    main()
