@@ -41,13 +41,14 @@ SCALING_BACKBONES = []  # [] = the profile's scaling.backbones
 # %%
 import time
 
+import pandas as pd
 from IPython.display import Markdown, display
 
 from tve_lib import Suite
 from tve_lib.io import upsert_csv, write_csv
 from tve_lib.report.fidelity_plots import ablation_bars, scaling_curve
 from tve_lib.report.figures import SPEARMAN_OK
-from tve_lib.report.findings import scaling_finding
+from tve_lib.report.findings import extended_finding, scaling_finding
 from tve_lib.report.plots import savefig
 from tve_lib.studies.ablations import ablation_variants, reference_config, run_ablations
 from tve_lib.studies.scaling import run_scaling, scaling_budgets, shape_front
@@ -79,6 +80,24 @@ fig = scaling_curve(scaling, SPEARMAN_OK)
 savefig(fig, suite.path("figures", "03b_scaling"))
 display(scaling.drop(columns=["seed"]).round(3))
 display(Markdown(scaling_finding(scaling, tcfg.n_images, tcfg.epochs)))
+
+# %% [markdown]
+# ### Past this run's budgets
+# A whole run stops at twice the profile's pre-training compute. Where the curve above still misses a target,
+# `python -m tve_lib.studies.scaling_extended --profile <profile> --dense IMAGESxEPOCHS` measures larger budgets
+# with the same probe and upserts them into `tve/scaling_extended.csv` (with the machine, threads and commit
+# they were measured on). This notebook only reads that file: when it exists, its budgets are drawn beside
+# this run's and set against the targets.
+
+# %%
+ext_path = suite.path("tve", "scaling_extended.csv")
+ext_settings_path = suite.path("tve", "scaling_extended_settings.csv")
+extended = pd.read_csv(ext_path).query("seed == @SEED") if ext_path.exists() else None
+ext_settings = pd.read_csv(ext_settings_path).query("seed == @SEED") if ext_settings_path.exists() else None
+if extended is not None and len(extended):
+    both = pd.concat([scaling.assign(source="this run"), extended.assign(source="scaling_extended.csv")])
+    savefig(scaling_curve(both, SPEARMAN_OK), suite.path("figures", "03b_scaling_extended"))
+display(Markdown(extended_finding(extended, scaling, ext_settings)))
 
 # %% [markdown]
 # ## Ablations: pre-train and evaluate every variant

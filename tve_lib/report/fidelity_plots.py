@@ -121,12 +121,14 @@ def scaling_curve(scaling: pd.DataFrame, target: float | None = None) -> plt.Fig
     """Median transfer Spearman (and the worst setting's) against pre-training seconds, log x."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
     d = scaling.assign(budget=scaling.sampler + " · " + scaling.arch).sort_values("pretrain_seconds")
+    # rows measured past the run's budgets (scaling_extended.csv) carry a "source" and are drawn apart
+    style = "source" if "source" in d and d.source.nunique() > 1 else "backbone"
     for ax, col, title in ((axes[0], "transfer_spearman", "median over task × head settings"),
                            (axes[1], "transfer_spearman_min", "worst setting")):
         if col not in d:
             ax.axis("off")
             continue
-        sns.lineplot(data=d, x="pretrain_seconds", y=col, hue="budget", style="backbone", marker="o", ax=ax)
+        sns.lineplot(data=d, x="pretrain_seconds", y=col, hue="budget", style=style, marker="o", ax=ax)
         if target is not None:
             ax.axhline(target, ls="--", c="gray")
         ax.set(xscale="log", xlabel="pre-training seconds (targets included, log)", ylabel="transfer Spearman",

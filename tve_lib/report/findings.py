@@ -92,6 +92,39 @@ def scaling_finding(scaling: pd.DataFrame, profile_images: int, profile_epochs: 
     return head + "\n\n" + "\n".join(f"- {t}." for t in out)
 
 
+def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd.DataFrame | None = None) -> str:
+    """Notebook 03b: the budgets measured past this run's (``tve/scaling_extended.csv``), each against the
+    quality targets; seconds from another machine are set against this run's by a budget both measured."""
+    if extended is None or not len(extended):
+        return ("No budget past this run's was measured (`python -m tve_lib.studies.scaling_extended` writes "
+                "`tve/scaling_extended.csv`).")
+    out = []
+    for (b, sampler, arch), g in extended.sort_values("pretrain_seconds").groupby(["backbone", "sampler", "arch"]):
+        where = f"{g.cpu.iloc[0]}, {g.threads.iloc[0]} threads" if "cpu" in g else "another run"
+        items = []
+        for _, r in g.iterrows():
+            s = None if settings is None else settings[(settings.backbone == b) & (settings.sampler == sampler) & (
+                settings.arch == arch) & (settings.n_images == r.n_images) & (settings.epochs == r.epochs)]
+            ok = "every setting" if r.transfer_spearman_min >= SPEARMAN_OK else "not every setting"
+            txt = (f"{r.n_images} images × {r.epochs} epochs, {r.pretrain_seconds:.0f} s: median Spearman "
+                   f"{r.transfer_spearman:.3f}, worst setting {r.transfer_spearman_min:.3f} ({ok} ≥ {SPEARMAN_OK:g})")
+            if s is not None and len(s):
+                n_ok = int((s.topk_overlap >= TOPK_OK).sum())
+                txt += f", top-10 % overlap ≥ {TOPK_OK:g} in {n_ok}/{len(s)} settings"
+            items.append(txt)
+        hit = g[g.transfer_spearman_min >= SPEARMAN_OK]
+        first = (f"every setting ≥ {SPEARMAN_OK:g} first at {hit.n_images.iloc[0]} images × {hit.epochs.iloc[0]} "
+                 f"epochs" if len(hit) else f"no budget measured brings every setting to {SPEARMAN_OK:g}")
+        same = scaling.merge(g, on=["backbone", "sampler", "arch", "n_images", "epochs"], suffixes=("_run", "_ext"))
+        pace = (f"; the budget both measured ({same.n_images.iloc[0]} × {same.epochs.iloc[0]}) took "
+                f"{same.pretrain_seconds_ext.iloc[0]:.0f} s there and {same.pretrain_seconds_run.iloc[0]:.0f} s in "
+                f"this run" if len(same) else "")
+        out.append(f"{b}, {sampler} sampler, {arch} ({where}{pace}): " + "; ".join(items) + f"; {first}")
+    return ("**Past this run's budgets** (`tve/scaling_extended.csv`, measured separately by "
+            "`python -m tve_lib.studies.scaling_extended` with the same probe sizes):\n\n"
+            + "\n".join(f"- {t}." for t in out))
+
+
 def fidelity_ratio_finding(ratios: pd.Series) -> str:
     """Notebook 03b: TVE ÷ window occlusion Fid⁺ AUC per setting, against the targets."""
     return (f"TVE ÷ window occlusion Fid⁺ AUC over the {len(ratios)} settings: median {ratios.median():.3f} "
