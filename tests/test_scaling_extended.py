@@ -60,3 +60,17 @@ def test_extended_finding_names_the_first_budget_meeting_the_target():
     missed = extended_finding(ext.iloc[:1], run)
     assert "no budget measured brings every setting" in missed
     assert "No budget past this run's" in extended_finding(None, run)
+
+
+def test_scaling_curve_draws_extended_rows_apart():
+    from tve_lib.report.fidelity_plots import scaling_curve
+
+    rows = [dict(backbone="vit", sampler="dense", arch="tapped", pretrain_seconds=s, transfer_spearman=m,
+                 transfer_spearman_min=m - 0.05, source=src)
+            for s, m, src in ((100.0, 0.7, "this run"), (300.0, 0.8, "this run"),
+                              (1200.0, 0.9, "scaling_extended.csv"))]
+    fig = scaling_curve(pd.DataFrame(rows), SPEARMAN_OK)
+    labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+    assert {"this run", "scaling_extended.csv"} <= labels
+    xs = sorted(x for line in fig.axes[0].get_lines() for x in line.get_xdata() if len(line.get_xdata()) > 0)
+    assert 1200.0 in xs
