@@ -27,9 +27,9 @@ def test_the_paper_dry_run_path_end_to_end_on_tiny_models(tmp_path):
     assert set(loader.what) == {"loader", "tve_step", "fidelity_batch"}
     mem = loader[loader.what != "loader"]
     assert (mem.peak_memory_mib > 0).all() and (mem.memory_growth_mib >= 0).all()
-    # the dry run's diagonal: each backbone with one task, each task once (notebooks 02, 03, 03b)
+    # the dry run's diagonal: each backbone with one task, each task once (notebooks 02, 03, 03b, 05)
     pairs = {("vit", "pets_binary"), ("deit", "imagenette"), ("swin", "cifar10")}
-    for name in ("fidelity/timing.csv", "tve/transfer_error.csv"):  # (05 and 06 add rows to fidelity/summary)
+    for name in ("fidelity/timing.csv", "tve/transfer_error.csv", "ltx/comparison.csv", "ltx/costs.csv"):
         df = pd.read_csv(root / name)
         assert set(zip(df.backbone, df.task)) == pairs, name
 

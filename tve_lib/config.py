@@ -285,7 +285,7 @@ class Profile:
     # how a file-backed set is decoded for a backbone: "backbone" = that backbone's timm data config
     # (tve_lib.preprocess: interpolation, crop percentage; paper), "plain" = resize + centre crop at img_size
     preprocess: str = "plain"
-    # which backbone x task settings the evaluation notebooks (02, 03, 03b, 03c) run: "all", or "diagonal" (backbone
+    # which backbone x task settings the evaluation notebooks (02, 03, 03b, 03c, 05) run: "all", or "diagonal" (backbone
     # i with task i: each backbone and each task once; the paper dry run, where one exact window quantity costs 2·G²
     # ViT-B passes per image)
     pairs: str = "all"
