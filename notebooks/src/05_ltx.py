@@ -87,7 +87,8 @@ print(f"profile {suite.profile.name}: pLTX on {cfg.n_train} training images x {c
 results = {}
 t_all = time.time()
 # the profile's settings (`Suite.pairs`: every pair, or each backbone on one task in the paper dry run), task by task
-settings = [(t, b) for t in tasks for b in backbones if (b, t) in suite.pairs(backbones, tasks)]
+pairs = set(suite.pairs(backbones, tasks))
+settings = [(t, b) for t in tasks for b in backbones if (b, t) in pairs]
 for t, b in settings:
     t0 = time.time()
     results[(t, b)] = r = ltx.compare_task(suite, b, t, HEAD)

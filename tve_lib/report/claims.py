@@ -2,13 +2,12 @@
 
 The claims table (`claims_table`) decides, for each claim of the seed papers, "reproduces",
 "partly" or "does not reproduce" ("not measured" when its CSV is missing) by an explicit rule on
-the CSV numbers, written beside the verdict with the numbers behind it. The explainability vector's rules
-live in `xvec_claims` (re-exported here). Where a rule counts
-settings (backbone × task × head, or device × size × backbone × batch size), `share_verdict` maps
-the share of settings that pass to a verdict: all of them → reproduces, at least half → partly,
-fewer → does not reproduce. Notebooks 03–06 apply the same rules to their own rows (`tve_check`,
-`ltx_verdict`, `xvec_target_claims`, `target_checks`); findings (`tve_lib.report.findings`) quote
-the thresholds below, never literals.
+the CSV numbers, written beside the verdict with the numbers behind it (the explainability vector's
+rules live in `xvec_claims`, re-exported here). Where a rule counts settings (backbone × task × head,
+or device × size × backbone × batch size), `share_verdict` maps the share of settings that pass to a
+verdict: all of them → reproduces, at least half → partly, fewer → does not reproduce. Notebooks
+03–06 apply the same rules to their own rows (`tve_check`, `ltx_verdict`, `xvec_target_claims`,
+`target_checks`); findings (`tve_lib.report.findings`) quote the thresholds below, never literals.
 """
 
 from __future__ import annotations
