@@ -32,6 +32,8 @@ def test_the_paper_dry_run_path_end_to_end_on_tiny_models(tmp_path):
     for name in ("fidelity/timing.csv", "tve/transfer_error.csv", "ltx/comparison.csv", "ltx/costs.csv"):
         df = pd.read_csv(root / name)
         assert set(zip(df.backbone, df.task)) == pairs, name
+    # the exact window quantity's rows, one file per image, shared by 02 and 03b (tests/test_window_cache.py)
+    assert list((root / "checkpoints" / "windows").rglob("*.pt"))
 
 
 def test_pairs_and_radii(tmp_path):

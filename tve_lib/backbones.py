@@ -67,6 +67,7 @@ class Backbone(nn.Module):
         self._exact = 0  # depth of `full_precision` blocks
         self._eager = 0  # depth of `uncompiled` blocks
         self._compiled: dict[str, Callable] = {}  # lazily compiled passes (dropped on copy: `__getstate__`)
+        self.window_cache = None  # an `ItemCache` of exact window embeddings (the Suite attaches one)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.grid, self.patch = derive_grid(model, img_size, max_grid)

@@ -6,7 +6,8 @@
 restored from the file) and saved as ``dump(object)``. One rule for a
 file that exists but cannot be used (truncated, not a checkpoint, the wrong keys or shapes): a
 warning naming it, the file deleted, the payload built again. Keys are made with `digest` and
-`file_safe`, so a change of any setting that shaped the artefact gives another file.
+`file_safe`, so a change of any setting that shaped the artefact gives another file. `ItemCache`
+keeps per-image results found by the image's content (the exact window quantity).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+import torch
 
 from .io import CorruptCheckpoint, load_torch, save_torch
 
@@ -70,3 +73,48 @@ def cached(path: str | Path, build: Callable[[], T], restore: Callable[[Any], T]
         return restore(built)
     save_torch(dump(built), path)
     return built
+
+
+def content_key(x: torch.Tensor) -> str:
+    """A hash of one tensor's shape, dtype and bytes (an image as the model sees it)."""
+    t = x.detach().to("cpu").contiguous()
+    h = hashlib.sha1(f"{tuple(t.shape)}{t.dtype}".encode())
+    h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+class ItemCache:
+    """Per-item results of an expensive batched function, one file per item under ``root/<key>/``.
+
+    The items are found by content (`content_key` of each row of the input), so two studies that
+    ask for the same image in other batches, orders or companies share one computation: the exact
+    window quantity, 2·G² backbone passes per image, is the use. Only the missing rows are computed;
+    the rows returned are the function's own outputs, stacked, so the answer is the uncached one
+    wherever the function's rows do not depend on their batch (the backbones' passes on CPU do not:
+    checked in ``tests/test_targets.py``). Files are written atomically; a damaged one is computed again.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def rows(self, key: str, x: torch.Tensor, compute: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+             ) -> tuple[torch.Tensor, ...]:
+        """``compute(x)`` row by row from the files of ``key`` (a digest of everything else the
+        function's result depends on), computing and saving only the rows not yet stored."""
+        folder = self.root / file_safe(key)
+        names = [content_key(xi) for xi in x]
+        got: dict[int, tuple[torch.Tensor, ...]] = {}
+        for i, n in enumerate(names):
+            found, row = _load(folder / f"{n}.pt", tuple, "row")
+            if found:
+                got[i] = row
+        missing = [i for i in range(len(x)) if i not in got]
+        if missing:
+            out = compute(x[missing])
+            for j, i in enumerate(missing):
+                got[i] = tuple(o[j].detach().to("cpu").clone() for o in out)
+                save_torch(got[i], folder / f"{names[i]}.pt")
+        if not got:
+            return compute(x)  # an empty batch: the function's own empty shapes
+        return tuple(torch.stack([got[i][k] for i in range(len(x))]).to(x.device)
+                     for k in range(len(got[0])))

@@ -442,7 +442,7 @@ def dry_run_profile(paper: Profile, name: str = "paper-dry", backbones: tuple[Ba
                      max_measure_s=10.0, time_budget_s=60.0, loader_images=32, loader_batch_size=8,
                      loader_step_batch=1, fidelity_batch=4),
              xvec=R(paper.xvec, backbones=paper.xvec.backbones[:1], train_blocks=1, expl_hidden=16, steps=2,
-                    batch_size=2, n_source=2, n_source_val=2, n_target_sup=2, shap_budget=2 * players + 8,
+                    batch_size=2, n_source=1, n_source_val=2, n_target_sup=1, shap_budget=2 * players + 8,
                     lambdas=(0.0, 1.0), n_eval=1, n_accuracy=4, n_shapley=1, shapley_groups=(2, 2), compare_budget=16,
                     bench_batch_size=1, bench_repeats=1),
              ltx=R(paper.ltx, n_train=4, epochs=1, batch_size=2, n_explain=1, ft_steps=2, ft_batch=1,

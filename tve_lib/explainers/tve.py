@@ -31,10 +31,11 @@ from .tve_model import (
     load_explainer,
     restore_explainer,
 )
-from .tve_targets import all_window_embeddings, window_targets
+from .tve_targets import all_window_embeddings, exact_window_embeddings, window_targets
 
 __all__ = ["ARCHS", "MixHead", "TappedModel", "TVEModel", "Trunk", "build_explainer", "explainer_forward",
-           "load_explainer", "restore_explainer", "TVE", "all_window_embeddings", "heldout_losses", "pretrain",
+           "load_explainer", "restore_explainer", "TVE", "all_window_embeddings", "exact_window_embeddings",
+           "heldout_losses", "pretrain",
            "transfer_rule", "window_occlusion", "window_targets"]
 
 
@@ -54,7 +55,7 @@ def window_occlusion(backbone: Backbone, head: nn.Module, x: torch.Tensor, targe
     so the backbone runs in fp32 whatever the profile's precision (`Backbone.full_precision`)."""
     check_head(head, backbone.embed_dim)  # before the 2·G² backbone calls
     with backbone.full_precision():
-        ek, er = all_window_embeddings(backbone, x, radius, chunk)
+        ek, er = exact_window_embeddings(backbone, x, radius, chunk)
     g = backbone.grid
     return transfer_rule(ek, er, head, target).view(len(x), g, g)
 

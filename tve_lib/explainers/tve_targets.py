@@ -58,6 +58,25 @@ def all_window_embeddings(backbone: Backbone, x: torch.Tensor, radius: int,
     return window_targets(backbone, x, centres, radius, chunk)
 
 
+def exact_window_embeddings(backbone: Backbone, x: torch.Tensor, radius: int,
+                            chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """`all_window_embeddings` of the images a study explains, per image from the backbone's
+    ``window_cache`` (an `ItemCache` the Suite attaches; None: computed every time).
+
+    The exact window quantity is asked for the same images by several notebooks (02's transfer rows,
+    03's occlusion, 03b's probe and ablation reference); at paper size each image costs 2·G² = 392
+    ViT-B passes. The key holds the backbone's weights and removal operator (`backbone_digest`), the
+    radius and the dtype the passes run in, so a row is reused only where it would be recomputed
+    bit for bit. Pre-training's targets keep their own store (`TargetStore`).
+    """
+    cache = getattr(backbone, "window_cache", None)
+    if cache is None or not len(x):
+        return all_window_embeddings(backbone, x, radius, chunk)
+    key = (f"windows_{backbone_digest(backbone)}_r{radius}_{dtype_name(backbone.compute_dtype)}"
+           f"_{backbone.compile_backend or 'eager'}")
+    return cache.rows(key, x, lambda xs: all_window_embeddings(backbone, xs, radius, chunk))
+
+
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 

@@ -139,7 +139,7 @@ class _TransferRows:
         self.exact: dict[tuple[str, int], list[torch.Tensor]] = {}
 
     def __call__(self, t: str, k: str, i: int, a: torch.Tensor, radius: int) -> pd.DataFrame:
-        from ..explainers.tve import all_window_embeddings, transfer_rule
+        from ..explainers.tve import exact_window_embeddings, transfer_rule
 
         ev, bb = self.suite.profile.eval, self.suite.backbone(self.backbone)
         x, _, heads, targets, _ = self.data[t]
@@ -148,8 +148,8 @@ class _TransferRows:
             for h in heads:
                 check_head(h, bb.embed_dim)
             # one set of 2·G² window passes serves every head (`window_occlusion` per head would repeat them)
-            with torch.no_grad():
-                ek, er = all_window_embeddings(bb, x[:n], radius, ev.masked_batch_size)
+            with torch.no_grad(), bb.full_precision():  # the reference: fp32 whatever the profile's precision
+                ek, er = exact_window_embeddings(bb, x[:n], radius, ev.masked_batch_size)
                 self.exact[(t, radius)] = [transfer_rule(ek, er, h, tg[:n]).view(n, bb.grid, bb.grid)
                                            for h, tg in zip(heads, targets)]
         sp = M.spearman(a[:n], self.exact[(t, radius)][i])

@@ -19,7 +19,7 @@ import torch
 
 from .. import metrics as M
 from ..config import TVEConfig
-from ..explainers.tve import all_window_embeddings, transfer_rule
+from ..explainers.tve import exact_window_embeddings, transfer_rule
 from ..heads import HEAD_KINDS, head_logits
 from ..schema import SCALING_COLUMNS
 from .fidelity import evaluation_indices
@@ -55,7 +55,7 @@ class ScalingProbe:
         d = self.data[t]
         if radius not in d["exact"]:
             with self.bb.full_precision():  # the reference: fp32 whatever the profile's precision
-                ek, er = all_window_embeddings(self.bb, d["x"], radius, self.suite.profile.eval.masked_batch_size)
+                ek, er = exact_window_embeddings(self.bb, d["x"], radius, self.suite.profile.eval.masked_batch_size)
             g = self.bb.grid
             d["exact"][radius] = [transfer_rule(ek, er, h, y).view(-1, g, g) for h, y in zip(d["heads"], d["targets"])]
             d["occl_fid"][radius] = [self._fid_plus(h, d["x"], a, y)

@@ -21,7 +21,7 @@ import torch
 from .. import backbones as bbs
 from .. import data as data_mod
 from ..backbone_training import evaluate_accuracy, obtain_backbone
-from ..cache import cached, digest, file_safe, load_or_train
+from ..cache import ItemCache, cached, digest, file_safe, load_or_train
 from ..config import Profile, env_overrides, get_profile
 from ..explainers import explainer_class, make_explainer
 from ..explainers.base import Explainer
@@ -160,6 +160,7 @@ class Suite:
             bb, hist = obtain_backbone(self.profile, name, self.ckpt_dir, self.device, self.seed,
                                        self.weights_dir, up,
                                        num_classes=len(up.classes) if up is not None else 1000)
+            bb.window_cache = ItemCache(self.ckpt_dir / "windows")  # exact window rows shared by the notebooks
             self._backbones[name], self._histories[name] = bb, hist
         return self._backbones[name]
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..explainers.tve import TVE, all_window_embeddings, transfer_rule
+from ..explainers.tve import TVE, exact_window_embeddings, transfer_rule
 from ..heads import head_logits
 from ..imagesets import ImageSet
 from ..metrics import spearman, topk_overlap
@@ -50,7 +50,7 @@ def transfer_error(explainer: TVE, heads: dict[str, nn.Module], ds: ImageSet, n_
         ids = idx[s:s + batch_size]
         x = bb.normalize(ds.get(ids)[0].to(device))
         with bb.full_precision():  # the reference: fp32 whatever the profile's precision
-            ek, er = all_window_embeddings(bb, x, explainer.radius, masked_batch_size)
+            ek, er = exact_window_embeddings(bb, x, explainer.radius, masked_batch_size)
         emb = bb.embed(x)
         for kind, head in heads.items():
             y = head_logits(head, emb).argmax(-1)
