@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "tve_lib"
-CORE = ("config", "io", "schema", "cache", "seeds", "data", "imagesets", "augment", "masking", "operators", "loader",
-        "backbones", "backbone_training", "heads", "metrics", "shapley", "timing", "gallery")
+CORE = ("config", "settings", "io", "schema", "cache", "seeds", "data", "imagesets", "augment", "masking", "operators",
+        "loader", "backbones", "backbone_training", "heads", "metrics", "shapley", "timing", "gallery")
 MODEL_CODE = ("torch", "timm", "captum", "torchvision", "tve_lib.explainers", "tve_lib.studies", "tve_lib.backbones",
               "tve_lib.backbone_training",
               "tve_lib.heads", "tve_lib.data", "tve_lib.imagesets", "tve_lib.metrics", "tve_lib.shapley",
