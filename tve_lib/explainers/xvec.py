@@ -7,7 +7,8 @@ last-layer patch token to a vector ``v_i`` in the embedding space. One forward p
 and the map ``a_i = W_y · v_i`` of class ``y``; ``E`` never sees a label, so it serves any label
 space. Supervision: KernelSHAP values of a prediction-only model for all its classes
 (`kernelshap_supervision`, `explanation_loss`). ``τ = θ_b − θ_a`` covers the shared parameters
-(backbone copy and ``E``), not the label-specific heads; ``θ(λ) = θ + λ τ`` (`apply_vector`).
+(backbone copy and ``E``), not the label-specific heads; ``θ(λ) = θ + λ τ`` (`apply_vector`; the arithmetic
+lives in `tve_lib.explainers.xvec_vector`).
 
 Notebook 06's trainings (a)-(d), the supervision cache and the choice of λ are `tve_lib.studies.xvec`;
 `SelfExplainer` puts a trained model behind the Explainer protocol.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +37,12 @@ from ..shapley import kernel_coalitions, kernel_shap
 from .base import Explainer
 from .registry import register_explainer
 from .tve_train import _lr_lambda
+from .xvec_vector import SHARED_PREFIXES as SHARED_PREFIXES  # re-exported: the task arithmetic's own module
+from .xvec_vector import apply_vector as apply_vector
+from .xvec_vector import shared_state as shared_state
+from .xvec_vector import task_vector as task_vector
+from .xvec_vector import vector_norms as vector_norms
 
-# parameters shared by every self-explaining model of a backbone, whatever its label space
-SHARED_PREFIXES = ("backbone.model.", "expl_head.")
 OUT_INIT_SCALE = 0.01  # the explanation head's last layer starts at this fraction of PyTorch's init
 
 
@@ -272,51 +275,6 @@ def train_model(model: SelfExplainingModel, data: ImageSet, cfg: XVecConfig, see
         log.add(step, ce, ex, logits, y)
     model.eval().requires_grad_(False)
     return log.rows
-
-
-# ----------------------------------------------------------------------------- task arithmetic
-def shared_state(model: SelfExplainingModel) -> dict[str, torch.Tensor]:
-    """The floating-point tensors every model of the backbone shares (backbone copy, explanation head)."""
-    return {k: v for k, v in model.state_dict().items()
-            if k.startswith(SHARED_PREFIXES) and v.is_floating_point()}
-
-
-def task_vector(theta_b: SelfExplainingModel, theta_a: SelfExplainingModel) -> dict[str, torch.Tensor]:
-    """``τ = θ_b − θ_a`` over the shared parameters (the classification heads are left out)."""
-    sb, sa = shared_state(theta_b), shared_state(theta_a)
-    if sb.keys() != sa.keys():
-        diff = sorted(sb.keys() ^ sa.keys())
-        raise ValueError(f"models do not share one architecture: parameters {diff[:5]} are in only one")
-    for k in sb:
-        if sb[k].shape != sa[k].shape:
-            raise ValueError(f"parameter {k!r}: shape {tuple(sb[k].shape)} vs {tuple(sa[k].shape)}")
-    return {k: (sb[k] - sa[k]).detach().clone() for k in sb}
-
-
-def apply_vector(model: SelfExplainingModel, tau: dict[str, torch.Tensor], lam: float) -> SelfExplainingModel:
-    """A copy of ``model`` with ``θ + λ τ`` on the shared parameters; ``λ = 0`` is an exact copy."""
-    out = copy.deepcopy(model)
-    if lam == 0:  # θ + 0·τ could turn -0.0 into +0.0: return the model bit for bit instead
-        return out
-    sd = out.state_dict()
-    missing = [k for k in tau if k not in sd]
-    if missing:
-        raise ValueError(f"task vector has parameters the model lacks: {missing[:5]}")
-    with torch.no_grad():
-        for k, t in tau.items():
-            if sd[k].shape != t.shape:
-                raise ValueError(f"parameter {k!r}: model {tuple(sd[k].shape)} vs vector {tuple(t.shape)}")
-            sd[k].add_(t.to(sd[k].device), alpha=lam)
-    return out
-
-
-def vector_norms(tau: dict[str, torch.Tensor]) -> dict[str, float]:
-    """L2 norm of ``τ`` per component (``backbone``, ``expl_head``) and in total."""
-    out = {"backbone": 0.0, "expl_head": 0.0}
-    for k, t in tau.items():
-        out["backbone" if k.startswith("backbone.") else "expl_head"] += float((t.double() ** 2).sum())
-    out["total"] = out["backbone"] + out["expl_head"]
-    return {k: math.sqrt(v) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- supervision
