@@ -123,7 +123,8 @@ def dry_run_profile(paper: Profile, name: str = "paper-dry", backbones: tuple[Ba
     epoch instead of loading weights) on generated data (`tve_lib.synthetic.write_dry_data`), every image
     count and step cut to a handful: ``./run_all.sh --profile paper --dry-run`` proves the whole path and
     measures nothing. ``backbones`` / ``img_size`` swap in tiny models (the test of the same code); ``players``
-    (G², 196 for ViT-B/16 at 224 px) sizes KernelSHAP's supervision, which needs more than 2·G² calls."""
+    (G², 196 for ViT-B/16 at 224 px) sizes KernelSHAP's supervision, which needs more than 2·G² calls per image:
+    one source and one target image are supervised (each ≈ 400 ViT-B passes at true size)."""
     R = dataclasses.replace
     ev = R(paper.eval, n_transfer=1, n_fidelity=1, n_shapley=1, shapley_groups=(2, 2), budgets=(16, 32),
            budget_images=(2, 1), sparsities=(0.0, 0.5), perturbation_steps=(0.0, 0.5), deletion_steps=2,
