@@ -91,7 +91,7 @@ class ItemCache:
     window quantity, 2·G² backbone passes per image, is the use. Only the missing rows are computed;
     the rows returned are the function's own outputs, stacked, so the answer is the uncached one
     wherever the function's rows do not depend on their batch (the backbones' passes on CPU do not:
-    checked in ``tests/test_targets.py``). Files are written atomically; a damaged one is computed again.
+    checked in ``tests/test_window_cache.py``). Files are written atomically; a damaged one is computed again.
     """
 
     def __init__(self, root: str | Path):

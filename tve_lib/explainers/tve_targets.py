@@ -63,14 +63,15 @@ def exact_window_embeddings(backbone: Backbone, x: torch.Tensor, radius: int,
     """`all_window_embeddings` of the images a study explains, per image from the backbone's
     ``window_cache`` (an `ItemCache` the Suite attaches; None: computed every time).
 
-    The exact window quantity is asked for the same images by several notebooks (02's transfer rows,
-    03's occlusion, 03b's probe and ablation reference); at paper size each image costs 2·G² = 392
-    ViT-B passes. The key holds the backbone's weights and removal operator (`backbone_digest`), the
-    radius and the dtype the passes run in, so a row is reused only where it would be recomputed
+    The exact window quantity is the reference of several notebooks on the same images (02's walkthrough
+    and transfer rows, 03b's probe and ablation reference); at paper size each image costs 2·G² = 392
+    ViT-B passes. Window occlusion as a compared method computes its own: its seconds are measured.
+    The key holds the backbone's weights and removal operator (`backbone_digest`), the radius and the
+    dtype the passes run in, so a row is reused only where it would be recomputed
     bit for bit. Pre-training's targets keep their own store (`TargetStore`).
     """
     cache = getattr(backbone, "window_cache", None)
-    if cache is None or not len(x):
+    if cache is None:
         return all_window_embeddings(backbone, x, radius, chunk)
     key = (f"windows_{backbone_digest(backbone)}_r{radius}_{dtype_name(backbone.compute_dtype)}"
            f"_{backbone.compile_backend or 'eager'}")
