@@ -54,8 +54,7 @@ def window_occlusion(backbone: Backbone, head: nn.Module, x: torch.Tensor, targe
     """The exact quantity TVE amortises, ``f_y(x⊙W_i) − f_y(x⊙(1−W_i))``, as ``[B, G, G]``: a reference,
     so the backbone runs in fp32 whatever the profile's precision (`Backbone.full_precision`)."""
     check_head(head, backbone.embed_dim)  # before the 2·G² backbone calls
-    with backbone.full_precision():
-        ek, er = exact_window_embeddings(backbone, x, radius, chunk)
+    ek, er = exact_window_embeddings(backbone, x, radius, chunk)
     g = backbone.grid
     return transfer_rule(ek, er, head, target).view(len(x), g, g)
 

@@ -68,14 +68,16 @@ def exact_window_embeddings(backbone: Backbone, x: torch.Tensor, radius: int,
     ViT-B passes. Window occlusion as a compared method computes its own: its seconds are measured.
     The key holds the backbone's weights and removal operator (`backbone_digest`), the radius and the
     dtype the passes run in, so a row is reused only where it would be recomputed
-    bit for bit. Pre-training's targets keep their own store (`TargetStore`).
+    bit for bit. A reference, so fp32 whatever the profile's precision (`Backbone.full_precision`).
+    Pre-training's targets keep their own store (`TargetStore`).
     """
     cache = getattr(backbone, "window_cache", None)
-    if cache is None:
-        return all_window_embeddings(backbone, x, radius, chunk)
-    key = (f"windows_{backbone_digest(backbone)}_r{radius}_{dtype_name(backbone.compute_dtype)}"
-           f"_{backbone.compile_backend or 'eager'}")
-    return cache.rows(key, x, lambda xs: all_window_embeddings(backbone, xs, radius, chunk))
+    with backbone.full_precision():
+        if cache is None:
+            return all_window_embeddings(backbone, x, radius, chunk)
+        key = (f"windows_{backbone_digest(backbone)}_r{radius}_{dtype_name(backbone.compute_dtype)}"
+               f"_{backbone.compile_backend or 'eager'}")
+        return cache.rows(key, x, lambda xs: all_window_embeddings(backbone, xs, radius, chunk))
 
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}

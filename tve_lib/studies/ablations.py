@@ -148,7 +148,7 @@ class _TransferRows:
             for h in heads:
                 check_head(h, bb.embed_dim)
             # one set of 2·G² window passes serves every head (`window_occlusion` per head would repeat them)
-            with torch.no_grad(), bb.full_precision():  # the reference: fp32 whatever the profile's precision
+            with torch.no_grad():
                 ek, er = exact_window_embeddings(bb, x[:n], radius, ev.masked_batch_size)
                 self.exact[(t, radius)] = [transfer_rule(ek, er, h, tg[:n]).view(n, bb.grid, bb.grid)
                                            for h, tg in zip(heads, targets)]

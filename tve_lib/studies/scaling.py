@@ -54,8 +54,7 @@ class ScalingProbe:
     def _exact(self, t: str, radius: int) -> list[torch.Tensor]:
         d = self.data[t]
         if radius not in d["exact"]:
-            with self.bb.full_precision():  # the reference: fp32 whatever the profile's precision
-                ek, er = exact_window_embeddings(self.bb, d["x"], radius, self.suite.profile.eval.masked_batch_size)
+            ek, er = exact_window_embeddings(self.bb, d["x"], radius, self.suite.profile.eval.masked_batch_size)
             g = self.bb.grid
             d["exact"][radius] = [transfer_rule(ek, er, h, y).view(-1, g, g) for h, y in zip(d["heads"], d["targets"])]
             d["occl_fid"][radius] = [self._fid_plus(h, d["x"], a, y)

@@ -49,8 +49,7 @@ def transfer_error(explainer: TVE, heads: dict[str, nn.Module], ds: ImageSet, n_
                   leave=False):
         ids = idx[s:s + batch_size]
         x = bb.normalize(ds.get(ids)[0].to(device))
-        with bb.full_precision():  # the reference: fp32 whatever the profile's precision
-            ek, er = exact_window_embeddings(bb, x, explainer.radius, masked_batch_size)
+        ek, er = exact_window_embeddings(bb, x, explainer.radius, masked_batch_size)  # fp32, the reference
         emb = bb.embed(x)
         for kind, head in heads.items():
             y = head_logits(head, emb).argmax(-1)
