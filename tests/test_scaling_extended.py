@@ -25,7 +25,8 @@ def test_cli_measures_and_upserts_budgets(tmp_path, capsys):
     ext = pd.read_csv(path)
     assert list(ext.columns[:len(SCALING_COLUMNS)]) == SCALING_COLUMNS
     assert sorted(ext.sampler) == ["dense", "online"] and (ext.n_images == 32).all()
-    assert {"threads", "cpu", "git_commit", "transfer_spearman_min"} <= set(ext.columns)
+    assert {"threads", "cpu", "git_commit", "transfer_spearman_min", "backbone_weights"} <= set(ext.columns)
+    assert ext.backbone_weights.nunique() == 1 and len(ext.backbone_weights.iloc[0]) == 12  # one trained instance
     assert ext.transfer_spearman.between(-1, 1).all() and (ext.pretrain_seconds > 0).all()
     settings = pd.read_csv(tmp_path / "smoke" / "tve" / "scaling_extended_settings.csv")
     assert len(settings) == 2 * settings.groupby(["task", "head"]).ngroups
@@ -60,6 +61,21 @@ def test_extended_finding_names_the_first_budget_meeting_the_target():
     missed = extended_finding(ext.iloc[:1], run)
     assert "no budget measured brings every setting" in missed
     assert "No budget past this run's" in extended_finding(None, run)
+
+
+def test_extended_finding_says_whether_the_backbone_is_this_runs():
+    run = pd.DataFrame([dict(backbone="vit", sampler="dense", arch="tapped", n_images=3000, epochs=40,
+                             pretrain_seconds=280.0, backbone_weights="aaaaaaaaaaaa")])
+    ext = pd.DataFrame([dict(backbone="vit", sampler="dense", arch="tapped", n_images=12000, epochs=20,
+                             pretrain_seconds=900.0, transfer_spearman=0.9, transfer_spearman_min=0.8, cpu="x86_64",
+                             threads=1, backbone_weights=w) for w in ("aaaaaaaaaaaa", "bbbbbbbbbbbb")])
+    same = extended_finding(ext.iloc[:1], run)
+    assert "on this run's backbone weights" in same and "another trained instance" not in same
+    other = extended_finding(ext.iloc[1:], run)
+    assert "another trained instance" in other and "bbbbbbbbbbbb" in other and "aaaaaaaaaaaa" in other
+    # rows written before the column existed: no claim either way
+    old = extended_finding(ext.iloc[1:].drop(columns="backbone_weights"), run)
+    assert "instance" not in old and "this run's backbone weights" not in old
 
 
 def test_scaling_curve_draws_extended_rows_apart():

@@ -92,6 +92,21 @@ def scaling_finding(scaling: pd.DataFrame, profile_images: int, profile_epochs: 
     return head + "\n\n" + "\n".join(f"- {t}." for t in out)
 
 
+def _instance_note(ext: pd.DataFrame, scaling: pd.DataFrame, backbone: str) -> str:
+    """Whether ``ext``'s rows were measured on this run's trained ``backbone`` (``backbone_weights``, a digest)."""
+    if "backbone_weights" not in ext or "backbone_weights" not in scaling:
+        return ""
+    theirs = set(ext.backbone_weights.dropna())
+    ours = set(scaling.loc[scaling.backbone == backbone, "backbone_weights"].dropna())
+    if not theirs or not ours:
+        return ""
+    if theirs == ours:
+        return "; on this run's backbone weights"
+    return (f"; on another trained instance of the backbone (weights {', '.join(sorted(theirs))}, this run's "
+            f"{', '.join(sorted(ours))}): the cpu backbones' weights depend on the thread count and the CPU, and "
+            "these scores are that instance's")
+
+
 def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd.DataFrame | None = None) -> str:
     """Notebook 03b: the budgets measured past this run's (``tve/scaling_extended.csv``), each against the
     quality targets; seconds from another machine are set against this run's by a budget both measured."""
@@ -119,7 +134,8 @@ def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd
         pace = (f"; the budget both measured ({same.n_images.iloc[0]} × {same.epochs.iloc[0]}) took "
                 f"{same.pretrain_seconds_ext.iloc[0]:.0f} s there and {same.pretrain_seconds_run.iloc[0]:.0f} s in "
                 f"this run" if len(same) else "")
-        out.append(f"{b}, {sampler} sampler, {arch} ({where}{pace}): " + "; ".join(items) + f"; {first}")
+        out.append(f"{b}, {sampler} sampler, {arch} ({where}{pace}{_instance_note(g, scaling, b)}): "
+                   + "; ".join(items) + f"; {first}")
     return ("**Past this run's budgets** (`tve/scaling_extended.csv`, measured separately by "
             "`python -m tve_lib.studies.scaling_extended` with the same probe sizes):\n\n"
             + "\n".join(f"- {t}." for t in out))

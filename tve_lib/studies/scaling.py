@@ -20,6 +20,7 @@ import torch
 from .. import metrics as M
 from ..config import TVEConfig
 from ..explainers.tve import exact_window_embeddings, transfer_rule
+from ..explainers.tve_targets import backbone_digest
 from ..heads import HEAD_KINDS, head_logits
 from ..schema import SCALING_COLUMNS
 from .fidelity import evaluation_indices
@@ -38,6 +39,8 @@ class ScalingProbe:
                  kinds: Sequence[str] = HEAD_KINDS):
         self.suite, self.backbone, self.kinds = suite, backbone, tuple(kinds)
         self.bb = bb = suite.backbone(backbone)
+        # which trained instance: the cpu backbones' weights depend on the thread count and the CPU
+        self.weights = backbone_digest(bb)
         ev = suite.profile.eval
         self.data = {}
         for t in tasks or suite.profile.tasks:
@@ -102,6 +105,7 @@ def scaling_row(probe: ScalingProbe, cfg: TVEConfig) -> tuple[dict, pd.DataFrame
                fid_plus_ratio_to_occlusion=per.fid_plus_ratio_to_occlusion.median(), seed=suite.seed,
                transfer_spearman_min=per.spearman.min(), target_seconds=hist[-1].get("target_seconds", 0.0),
                depth=cfg.depth, embed_dim=cfg.embed_dim, n_test_images=probe.n_images,
+               backbone_weights=probe.weights,
                wall_seconds=time.time() - t0)
     return row, per.assign(backbone=b, sampler=cfg.sampler, arch=cfg.arch, n_images=n, epochs=cfg.epochs)
 
