@@ -109,6 +109,7 @@ def test_scaling_study(smoke_results):
     assert sc.transfer_spearman.between(-1, 1).all() and (sc.pretrain_seconds > 0).all()
     dense = sc[sc.sampler == "dense"]
     assert (dense.windows_per_image == 64).all() and (sc[sc.sampler == "online"].windows_per_image < 64).all()
+    assert sc.groupby("backbone").backbone_weights.nunique().eq(1).all()  # every budget on one trained backbone
     assert (smoke_results / "figures" / "03b_scaling.png").exists()
 
 
