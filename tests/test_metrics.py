@@ -116,6 +116,31 @@ def test_evaluate_maps_is_batch_size_invariant_and_tidy():
         evaluate_maps(bb, h, x, {"a": torch.zeros(2, 8, 8)}, cfg=cfg)
 
 
+def test_a_shared_curve_base_gives_the_same_curves_and_checks_its_images():
+    """`curve_base` made once serves every map of the same images: bit-identical curves, fewer passes."""
+    from tve_lib.operators import make_operator
+
+    bb, h = toy_backbone(), linear_head()
+    x = images(5)
+    base = M.curve_base(bb, x, 4)
+    for seed in range(3):
+        a = torch.rand(5, 8, 8, generator=torch.Generator().manual_seed(seed))
+        own = M.perturbation_curves(bb, h, x, a, None, (0.0, 0.5), (0.0, 0.3), 4, batch_size=4)
+        shared = M.perturbation_curves(bb, h, x, a, None, (0.0, 0.5), (0.0, 0.3), 4, batch_size=4, base=base)
+        for k in own:
+            assert torch.equal(own[k][1], shared[k][1]), k
+    with pytest.raises(ValueError, match="curve base of 5 images"):
+        M.perturbation_curves(bb, h, x[:3], torch.zeros(3, 8, 8), base=base)
+    with bb.removal(make_operator("blur", patch=4, sigma=2.0)), pytest.raises(ValueError, match="under operator"):
+        M.perturbation_curves(bb, h, x, torch.zeros(5, 8, 8), base=base)
+    passes, embed = [], bb.embed
+    bb.embed = lambda z: passes.append(len(z)) or embed(z)  # count the images the backbone sees
+    M.perturbation_curves(bb, h, x, torch.zeros(5, 8, 8), None, (0.0, 0.5), (0.0,), 1, base=base)
+    with_base = sum(passes)
+    M.perturbation_curves(bb, h, x, torch.zeros(5, 8, 8), None, (0.0, 0.5), (0.0,), 1)
+    assert sum(passes) - with_base == with_base + 2 * 5  # the full and the fully removed images
+
+
 # ----------------------------------------------------------------------------- localisation, bootstrap
 def test_pointing_game_and_mass_in_region():
     masks = torch.zeros(2, 32, 32, dtype=torch.bool)

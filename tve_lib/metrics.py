@@ -29,6 +29,7 @@ Agreement between maps: ``spearman``, ``topk_overlap``. Localisation: ``pointing
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -169,18 +170,44 @@ def _needed_ks(grids: dict[str, list[float]], p: int) -> tuple[list[int], list[i
     return sorted(k for k in need_rm if 0 < k < p), sorted(k for k in need_keep if 0 < k < p)
 
 
+@dataclass(frozen=True)
+class CurveBase:
+    """What every curve of some images shares whatever the map: the embeddings ``[B, D]`` of the full
+    images and of the fully removed ones, under the removal operator named by ``operator``."""
+
+    full: torch.Tensor
+    empty: torch.Tensor
+    operator: str
+
+
+def _operator_key(backbone: Backbone) -> str:
+    return backbone.operator.key if backbone.operator is not None else "removal value"
+
+
+@torch.inference_mode()
+def curve_base(backbone: Backbone, images: torch.Tensor, batch_size: int = 256) -> CurveBase:
+    """`CurveBase` of ``images``: computed once, it serves `perturbation_curves` of every map of them (the
+    two passes per image that would otherwise be repeated for each method and head)."""
+    p = backbone.n_players
+    empty = torch.zeros(1, 1, p, dtype=torch.bool, device=images.device)
+    return CurveBase(backbone.embed_batched(images, batch_size),
+                     masked_embeddings(backbone, images, empty.expand(len(images), 1, p), batch_size)[:, 0],
+                     _operator_key(backbone))
+
+
 @torch.inference_mode()  # scores only: the curves never enter autograd
 def perturbation_curves(backbone: Backbone, head: nn.Module, images: torch.Tensor, attr: torch.Tensor,
                         target: torch.Tensor | None = None, sparsities: Sequence[float] = (0.0, 0.5),
                         perturbation_steps: Sequence[float] = (0.0, 0.5), deletion_steps: int = 10,
-                        batch_size: int = 256, which: Sequence[str] = CURVE_METRICS
+                        batch_size: int = 256, which: Sequence[str] = CURVE_METRICS, base: CurveBase | None = None
                         ) -> dict[str, tuple[list[float], torch.Tensor]]:
     """Per-image curves of every metric in ``CURVE_METRICS``: ``{name: (x [X], y [B, X])}``.
 
     ``images``: normalised ``[B, 3, S, S]``; ``attr``: ``[B, G, G]``; ``target``: ``[B]`` (default:
     the class predicted on the full image). Every curve is built from one set of model calls: the
     top-k removed and top-k kept images for each distinct k over all grids (full and fully removed
-    images are evaluated once). ``which`` restricts the curves (and so the model calls).
+    images are evaluated once, or taken from ``base``, `curve_base` of the same images under the same
+    removal operator). ``which`` restricts the curves (and so the model calls).
     """
     unknown = set(which) - set(CURVE_METRICS)
     if unknown:
@@ -189,14 +216,16 @@ def perturbation_curves(backbone: Backbone, head: nn.Module, images: torch.Tenso
     a = _player_scores(attr, p).to(images.device)
     if len(a) != len(images):
         raise ValueError(f"{len(images)} images but {len(a)} attribution maps")
+    if base is not None and (len(base.full) != len(images) or base.operator != _operator_key(backbone)):
+        raise ValueError(f"curve base of {len(base.full)} images under operator {base.operator!r}, but "
+                         f"{len(images)} images under {_operator_key(backbone)!r}: compute it with curve_base")
     grids = {k: v for k, v in curve_grids(sparsities, perturbation_steps, deletion_steps).items() if k in which}
-    emb_full = backbone.embed_batched(images, batch_size)
+    base = base or curve_base(backbone, images, batch_size)
+    emb_full, emb_empty = base.full, base.empty
     if target is None:
         target = head_logits(head, emb_full).argmax(-1)
     target = torch.as_tensor(target, device=images.device).long().expand(len(images))
     p_full, hit_full = class_prob(head, emb_full, target), class_hit(head, emb_full, target)
-    empty = torch.zeros(1, 1, p, dtype=torch.bool, device=images.device)
-    emb_empty = masked_embeddings(backbone, images, empty.expand(len(images), 1, p), batch_size)[:, 0]
     p_empty, hit_empty = class_prob(head, emb_empty, target), class_hit(head, emb_empty, target)
 
     rm_ks, keep_ks = _needed_ks(grids, p)

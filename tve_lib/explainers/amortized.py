@@ -25,7 +25,7 @@ from torch import nn
 from ..backbones import Backbone
 from ..config import EvalConfig
 from ..heads import head_logits
-from ..metrics import auc, masked_embeddings, perturbation_curves
+from ..metrics import CurveBase, auc, curve_base, masked_embeddings, perturbation_curves
 from ..shapley import kernel_coalitions
 from .base import Explainer
 from .registry import register_explainer
@@ -107,10 +107,11 @@ class Amortized(Explainer):
         return phi.gather(-1, t.view(-1, 1, 1).expand(-1, p, 1)).view(-1, self.grid, self.grid)
 
 
-def _fid_plus_auc(expl: Amortized, head: nn.Module, images: torch.Tensor, cfg: EvalConfig) -> float:
+def _fid_plus_auc(expl: Amortized, head: nn.Module, images: torch.Tensor, cfg: EvalConfig,
+                  base: CurveBase | None = None) -> float:
     a = expl.explain(images, head)
     xs, y = perturbation_curves(expl.backbone, head, images, a, None, cfg.sparsities,
-                                batch_size=cfg.masked_batch_size, which=("fid_plus",))["fid_plus"]
+                                batch_size=cfg.masked_batch_size, which=("fid_plus",), base=base)["fid_plus"]
     return auc(xs, y).mean().item()
 
 
@@ -132,11 +133,15 @@ def _train_one(backbone: Backbone, head: nn.Module, images: torch.Tensor, z: tor
         pred = torch.einsum("bmp,bpc->bmc", zf[idx], phi)
         return ((v[idx] - v01[idx, 0].unsqueeze(1) - pred) ** 2).mean()
 
+    bases: list[CurveBase] = []  # the evaluation images' full and fully removed passes, made once
+
     def record(epoch: int, loss: float) -> None:
         row = {"epoch": epoch, "loss": loss}
         if eval_images is not None:
             net.eval()
-            row["fid_plus_auc"] = _fid_plus_auc(expl, head, eval_images, cfg)
+            if not bases:
+                bases.append(curve_base(backbone, eval_images, cfg.masked_batch_size))
+            row["fid_plus_auc"] = _fid_plus_auc(expl, head, eval_images, cfg, bases[0])
         expl.history.append(row)
 
     with torch.no_grad():

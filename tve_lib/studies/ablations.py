@@ -178,6 +178,8 @@ def run_ablations(suite: Suite, backbone: str, variants: Sequence[Variant], task
     data = _ablation_data(suite, backbone, list(tasks or suite.tasks_of(backbone)), kinds)
     transfer_rows = _TransferRows(suite, backbone, data)
     done: dict[str, pd.DataFrame] = {}
+    # the full and fully removed images of each task's x, shared by every variant and head
+    bases = {t: M.curve_base(bb, d[0], ev.masked_batch_size) for t, d in data.items()}
     rows = []
     for v in variants:
         ident = repr((v.cfg, v.subset, sorted(v.transfer.items())))
@@ -190,7 +192,8 @@ def run_ablations(suite: Suite, backbone: str, variants: Sequence[Variant], task
                 maps = expl.explain_tasks(x, heads, targets)
                 for i, (k, h, tg, a, ref) in enumerate(zip(kinds, heads, targets, maps, refs)):
                     _, s = evaluate_maps(bb, h, x, {"tve": a}, tg, masks, ev, shapley=ref,
-                                         meta=dict(backbone=backbone, task=t, head=k), seed=suite.seed)
+                                         meta=dict(backbone=backbone, task=t, head=k), seed=suite.seed,
+                                         base=bases[t])
                     parts += [s, transfer_rows(t, k, i, a, expl.radius)]
             done[ident] = concat(parts).assign(seconds=secs)
             say(f"[{backbone}] {v.ablation}: {v.variant}: ready in {secs:.1f} s, evaluated in "

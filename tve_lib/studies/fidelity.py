@@ -53,7 +53,8 @@ def evaluate_maps(backbone: Backbone, head: nn.Module, images: torch.Tensor,
                   masks: torch.Tensor | None = None, cfg: EvalConfig | None = None, *,
                   budget: int | Mapping[str, int] = 0, shapley: ShapleyReference | None = None,
                   meta: Mapping[str, Any] | None = None, seed: int = 0,
-                  per_image: list[pd.DataFrame] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  per_image: list[pd.DataFrame] | None = None, base: M.CurveBase | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score attribution maps of the model ``f = head ∘ backbone`` on ``images``.
 
     Args:
@@ -75,6 +76,8 @@ def evaluate_maps(backbone: Backbone, head: nn.Module, images: torch.Tensor,
         per_image: optional list; when given, a frame of per-image values of ``PER_IMAGE_METRICS``
             (columns: meta, method, budget, metric, image = position in ``images``, value, seed) is
             appended to it, for paired comparisons on image subsets.
+        base: `tve_lib.metrics.curve_base` of ``images`` (computed here when None), shared by every map:
+            a caller scoring more maps of the same images passes it once.
 
     Returns:
         ``(curves, summary)`` DataFrames with the module's CSV columns (mean curve per x; per
@@ -90,12 +93,14 @@ def evaluate_maps(backbone: Backbone, head: nn.Module, images: torch.Tensor,
     if masks is not None and len(masks) != len(images):
         raise ValueError(f"{len(images)} images but {len(masks)} region masks")
     curve_rows, summary_rows = [], []
+    base = base or M.curve_base(backbone, images, cfg.masked_batch_size)
     for i, (method, amap) in enumerate(maps.items()):
         if len(amap) != len(images):
             raise ValueError(f"method {method!r}: {len(amap)} maps for {len(images)} images")
         bud = budget.get(method, 0) if isinstance(budget, Mapping) else budget
         ids = dict(meta, method=method, budget=int(bud))
-        c, sm = _score_method(backbone, head, images, amap, target, masks, cfg, shapley, ids, seed, i, per_image)
+        c, sm = _score_method(backbone, head, images, amap, target, masks, cfg, shapley, ids, seed, i, per_image,
+                              base)
         curve_rows += c
         summary_rows += sm
     return _order(pd.DataFrame(curve_rows), CURVE_COLUMNS), _order(pd.DataFrame(summary_rows), SUMMARY_COLUMNS)
@@ -104,11 +109,12 @@ def evaluate_maps(backbone: Backbone, head: nn.Module, images: torch.Tensor,
 def _score_method(backbone: Backbone, head: nn.Module, images: torch.Tensor, amap: torch.Tensor,
                   target: torch.Tensor, masks: torch.Tensor | None, cfg: EvalConfig,
                   shapley: ShapleyReference | None, ids: dict[str, Any], seed: int, i: int,
-                  per_image: list[pd.DataFrame] | None) -> tuple[list[dict], list[dict]]:
+                  per_image: list[pd.DataFrame] | None, base: M.CurveBase
+                  ) -> tuple[list[dict], list[dict]]:
     """Curve and summary rows of one method's maps (the ``i``-th method seeds its bootstrap)."""
     curve_rows, summary_rows = [], []
     curves = M.perturbation_curves(backbone, head, images, amap, target, cfg.sparsities,
-                                   cfg.perturbation_steps, cfg.deletion_steps, cfg.masked_batch_size)
+                                   cfg.perturbation_steps, cfg.deletion_steps, cfg.masked_batch_size, base=base)
     for metric, (xs, y) in curves.items():
         mean = y.double().mean(0).tolist()
         curve_rows += [dict(ids, metric=metric, sparsity=x, value=v, n_images=len(y), seed=seed)
@@ -203,13 +209,15 @@ def run_task(suite: Suite, backbone: str, task: str, methods: Sequence[str] | No
     gallery = {method_label(m, bud): maps[0][: ev.n_gallery].detach().cpu() for m, bud, _, maps in runs}
 
     t0 = time.time()
-    curves, summary, per_image = [], [], []
+    curves, summary, per_image, bases = [], [], [], {}
     for m, bud, n, maps in runs:
+        if n not in bases:  # the full and fully removed images of x[:n], for every method and head
+            bases[n] = M.curve_base(bb, x[:n], ev.masked_batch_size)
         for k, h, tg, a, ref in zip(kinds, heads, targets, maps, refs):
             sh = ShapleyReference(ref.values[:n], ref.groups, ref.topk_frac)
             c, s_ = evaluate_maps(bb, h, x[:n], {m: a}, tg[:n], None if masks is None else masks[:n], ev,
                                   budget=bud, shapley=sh, meta=dict(backbone=backbone, task=task, head=k),
-                                  seed=suite.seed, per_image=per_image)
+                                  seed=suite.seed, per_image=per_image, base=bases[n])
             curves.append(c)
             summary.append(s_)
     pi = concat(per_image)

@@ -23,6 +23,7 @@ from ..cache import cached, digest, file_safe
 from ..config import EvalConfig, LTXConfig
 from ..explainers.ltx import PRETRAIN_FIELDS, SELECTIONS, FineTuneResult, LTXNet, finetune, pretrain_ltx
 from ..heads import head_logits
+from ..metrics import curve_base
 from ..precision import dtype_name
 from ..schema import NO_SELECTION
 from ..timing import time_call
@@ -82,10 +83,11 @@ def score_ltx(backbone: Backbone, head: nn.Module, images: torch.Tensor, result:
     runs = [("pltx", NO_SELECTION, result.masks[:, 0])]
     runs += [("ltx", sel, result.select(sel, cfg.stop_pos_auc)[0]) for sel in selections]
     curves, summary = [], []
+    base = curve_base(backbone, images, (eval_cfg or EvalConfig()).masked_batch_size)  # shared by every run
     for method, sel, m in runs:
         c, sm = evaluate_maps(backbone, head, images, {method: m}, result.targets if target is None else target,
                               masks, eval_cfg,
-                              meta=dict(meta, selection=sel), seed=seed)
+                              meta=dict(meta, selection=sel), seed=seed, base=base)
         curves.append(c)
         summary.append(sm)
     return concat(curves), concat(summary)

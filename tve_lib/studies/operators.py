@@ -68,11 +68,15 @@ def run_operator_task(suite: Suite, backbone: str, task: str, methods: Sequence[
     frames = []
     for op in study_operators(suite, backbone, task):
         with bb.removal(op):
+            bases: dict[int, M.CurveBase] = {}  # per image count: shared by every method and head
             for m, bud, nm, maps in runs:
                 k = min(n, nm)
+                if k not in bases:
+                    bases[k] = M.curve_base(bb, x[:k], ev.masked_batch_size)
                 for kind, h, tg, a in zip(kinds, heads, targets, maps):
                     curves = M.perturbation_curves(bb, h, x[:k], a[:k], tg[:k], ev.sparsities, ev.perturbation_steps,
-                                                   ev.deletion_steps, ev.masked_batch_size, which=CURVES)
+                                                   ev.deletion_steps, ev.masked_batch_size, which=CURVES,
+                                                   base=bases[k])
                     for metric, vals in M.curve_aucs(curves).items():
                         frames.append(pd.DataFrame(dict(
                             backbone=backbone, task=task, head=kind, method=m, budget=int(bud), operator=op.name,

@@ -51,7 +51,8 @@ class ScalingProbe:
             with torch.no_grad():
                 emb = bb.embed_batched(x, ev.masked_batch_size)
                 ys = [head_logits(h, emb).argmax(-1) for h in heads]
-            self.data[t] = {"x": x, "heads": heads, "targets": ys, "exact": {}, "occl_fid": {}}
+            self.data[t] = {"x": x, "heads": heads, "targets": ys, "exact": {}, "occl_fid": {},
+                            "base": M.curve_base(bb, x, ev.masked_batch_size)}
         self.n_images = min(len(d["x"]) for d in self.data.values())
 
     def _exact(self, t: str, radius: int) -> list[torch.Tensor]:
@@ -60,14 +61,14 @@ class ScalingProbe:
             ek, er = exact_window_embeddings(self.bb, d["x"], radius, self.suite.profile.eval.masked_batch_size)
             g = self.bb.grid
             d["exact"][radius] = [transfer_rule(ek, er, h, y).view(-1, g, g) for h, y in zip(d["heads"], d["targets"])]
-            d["occl_fid"][radius] = [self._fid_plus(h, d["x"], a, y)
+            d["occl_fid"][radius] = [self._fid_plus(h, d["x"], a, y, d["base"])
                                      for h, a, y in zip(d["heads"], d["exact"][radius], d["targets"])]
         return d["exact"][radius]
 
-    def _fid_plus(self, head, x, a, y) -> float:
+    def _fid_plus(self, head, x, a, y, base: M.CurveBase) -> float:
         ev = self.suite.profile.eval
         xs, curve = M.perturbation_curves(self.bb, head, x, a, y, ev.sparsities, batch_size=ev.masked_batch_size,
-                                          which=("fid_plus",))["fid_plus"]
+                                          which=("fid_plus",), base=base)["fid_plus"]
         return M.auc(xs, curve).mean().item()
 
     @torch.no_grad()
@@ -81,7 +82,7 @@ class ScalingProbe:
                                           d["occl_fid"][explainer.radius]):
                 rows.append({"task": t, "head": k, "spearman": M.spearman(a, e).median().item(),
                              "topk_overlap": M.topk_overlap(a, e, 0.1).mean().item(),
-                             "fid_plus_ratio_to_occlusion": self._fid_plus(h, d["x"], a, y) / occ})
+                             "fid_plus_ratio_to_occlusion": self._fid_plus(h, d["x"], a, y, d["base"]) / occ})
         return pd.DataFrame(rows)
 
 
