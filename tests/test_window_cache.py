@@ -75,3 +75,21 @@ def test_content_key_tells_images_apart():
     y[1, 0, 0, 0] = 1e-7
     assert content_key(x[0]) == content_key(y[0]) != content_key(y[1])
     assert content_key(x[0]) != content_key(x[0].double())
+
+
+def test_reusing_occlusion_reads_the_exact_windows_and_matches_the_computed_map(tmp_path):
+    """The explorer's occlusion (``reuse=True``) shows the map a study computed, without its 2·G² passes."""
+    from tve_lib.explainers.simple import Occlusion
+
+    bb = tiny_backbone("vit")
+    x = _images(bb, 3)
+    head = torch.nn.Linear(bb.embed_dim, 3)
+    computed = Occlusion(bb, 1).explain(x, head)
+    bb.window_cache = ItemCache(tmp_path)
+    exact_window_embeddings(bb, x, 1)  # a study's exact reference of these images
+    passes, embed = [], bb.embed
+    bb.embed = lambda z: passes.append(len(z)) or embed(z)
+    shown = Occlusion(bb, 1, reuse=True).explain(x, head)
+    assert torch.equal(shown, computed) and sum(passes) == len(x)  # the predicted class's pass only
+    Occlusion(bb, 1).explain(x, head)  # a compared method computes its own: its seconds are measured
+    assert sum(passes) == 2 * len(x) + len(x) * 2 * bb.n_players

@@ -41,25 +41,33 @@ class Random(Explainer):
 
 @register_explainer
 class Occlusion(Explainer):
-    """Exact window occlusion (keep-window minus remove-window logit) with Chebyshev ``radius``."""
+    """Exact window occlusion (keep-window minus remove-window logit) with Chebyshev ``radius``.
+
+    ``reuse``: read and fill the backbone's window cache (`exact_window_embeddings`, fp32) instead of
+    computing every call, for views that show an image's map without timing it (the explorer): an image
+    an earlier notebook took as its exact reference costs no backbone pass. Compared methods keep the
+    default, so their seconds are the cost of the map.
+    """
 
     name = "occlusion"
     shares_tasks = True
 
-    def __init__(self, backbone: Backbone, radius: int | None = None, batch_size: int = 1024):
+    def __init__(self, backbone: Backbone, radius: int | None = None, batch_size: int = 1024, reuse: bool = False):
         super().__init__(backbone)
         self.radius = radius if radius is not None else default_radius(backbone.grid)
         self.batch_size = batch_size
+        self.reuse = reuse
 
     @torch.no_grad()
     def explain_tasks(self, images: torch.Tensor, heads: list[nn.Module],
                       targets: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
         """Maps for several heads from one set of ``2·G²`` window embeddings per image."""
-        from .tve import all_window_embeddings, transfer_rule
+        from .tve import all_window_embeddings, exact_window_embeddings, transfer_rule
 
         self.backbone.check_input(images)
         targets = targets or [None] * len(heads)
-        ek, er = all_window_embeddings(self.backbone, images, self.radius, self.batch_size)
+        windows = exact_window_embeddings if self.reuse else all_window_embeddings
+        ek, er = windows(self.backbone, images, self.radius, self.batch_size)
         g = self.grid
         return [transfer_rule(ek, er, h, self.resolve_target(images, h, t)).view(-1, g, g)
                 for h, t in zip(heads, targets)]

@@ -143,6 +143,8 @@ class Explorer:
         key = (backbone, method, budget, task if per_task else "", head if per_task else "")
         if key not in self._explainers:
             kw = {"budget": budget} if budget else {}
+            if method == "occlusion":  # shown, not timed: the exact windows earlier notebooks computed serve
+                kw["reuse"] = True
             self._explainers[key] = self.suite.make_explainer(method, backbone, task=task or None, head=head, **kw)
         return self._explainers[key]
 
