@@ -130,14 +130,14 @@ def dry_run_profile(paper: Profile, name: str = "paper-dry", backbones: tuple[Ba
            budget_images=(2, 1), sparsities=(0.0, 0.5), perturbation_steps=(0.0, 0.5), deletion_steps=2,
            bootstrap=20, n_gallery=1, ig_steps=2, batch_size=32, masked_batch_size=64, fastshap_images=8,
            fastshap_samples=4, fastshap_epochs=1, fastshap_depth=1, fastshap_batch=4, fastshap_eval_images=1,
-           ablation_epochs=1, ablation_images=8, ablation_n_images=1, ablation_radii=(0, 1))
+           ablation_epochs=1, ablation_images=2, ablation_n_images=1, ablation_radii=(0, 1))
     return R(paper, name=name, img_size=img_size or paper.img_size, pairs="diagonal",
              backbones=tuple(R(b, pretrained=False) for b in (backbones or paper.backbones)),
              n_upstream_val=8, backbone_train=BackboneTrain(epochs=1, n_images=16, batch_size=8),
              head_train=HeadTrain(epochs=2),
              tve=R(paper.tve, n_images=16, epochs=1, batch_size=8, n_heldout=4, target_batch_size=64),
-             scaling=ScalingConfig(n_test_images=1, online=((8, 1, 1), (16, 1, 1), (16, 2, 1), (16, 4, 1),
-                                                            (32, 4, 1))),
+             # five online budgets spanning 16x, as the scaling study asks, from one image-step up
+             scaling=ScalingConfig(n_test_images=1, online=((1, 1, 1), (2, 1, 1), (4, 1, 1), (8, 1, 1), (16, 1, 1))),
              eval=ev,
              bench=R(paper.bench, batch_sizes=(1,), repeats=1, budgets=(16, 32), n_tasks=2, task_batch_size=1,
                      max_measure_s=10.0, time_budget_s=60.0, loader_images=32, loader_batch_size=8,
@@ -148,7 +148,7 @@ def dry_run_profile(paper: Profile, name: str = "paper-dry", backbones: tuple[Ba
                     bench_batch_size=1, bench_repeats=1),
              ltx=R(paper.ltx, n_train=4, epochs=1, batch_size=2, n_explain=1, ft_steps=2, ft_batch=1,
                    time_repeats=1),
-             walk=WalkConfig(n_images=1, batch_size=1, steps=1),
+             walk=WalkConfig(n_images=1, batch_size=1, steps=1, windows=4),
              operators=OperatorConfig(n_images=1, pool_size=4))
 
 

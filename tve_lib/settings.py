@@ -252,6 +252,7 @@ class WalkConfig:
     n_images: int = 8  # live optimiser steps of a fresh explainer: on this many upstream images
     batch_size: int = 4
     steps: int = 30
+    windows: int = 0  # windows drawn per image per live step; 0: every window (2·G² backbone passes per image)
 
 
 #: `Profile.precision`: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"

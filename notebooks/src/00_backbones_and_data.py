@@ -71,7 +71,8 @@ display(hist)
 # %% [markdown]
 # ## Heads and accuracy
 # Each head must classify (cpu target: backbones ≥ 85 % on Fashion-MNIST test, heads ≥ 80 %): a head that
-# cannot classify gives explanations of nothing.
+# cannot classify gives explanations of nothing. Heads are trained for the settings the profile runs: every
+# backbone × task (the paper dry run pairs backbone i with task i, `Suite.pairs`).
 
 # %%
 acc = suite.accuracy_table()

@@ -78,8 +78,9 @@ if INTERACTIVE:
     display(WalkthroughWidgets(walk, walk.player).box)
 
 # %% [markdown]
-# A few live optimiser steps of a fresh explainer on a handful of upstream images (every window of each, targets
-# computed on the fly; `profile.walk` sets the sizes), through the same training loop as below: the loss falls.
+# A few live optimiser steps of a fresh explainer on a handful of upstream images (every window of each unless
+# `profile.walk.windows` draws fewer, as the paper dry run does; targets computed on the fly; `profile.walk` sets the
+# sizes), through the same training loop as below: the loss falls.
 
 # %%
 live = live_pretraining(suite, suite.backbone_names[0])

@@ -211,7 +211,8 @@ class Suite:
         return self._cached(key, compute)["head"].to(self.device)
 
     def accuracy_table(self) -> pd.DataFrame:
-        """``backbone, task, head, split, accuracy, n_images, seed`` for every backbone and head."""
+        """``backbone, task, head, split, accuracy, n_images, seed`` for every backbone and head, on the
+        tasks `pairs` runs with it (every task unless the profile pairs the diagonal)."""
         rows = []
         test = data_mod.upstream_test(self.profile, self.data_dir)
         for b in self.backbone_names:
@@ -222,7 +223,7 @@ class Suite:
                                         self.profile.eval.batch_size, self.device)
                 rows.append(dict(backbone=b, task=self.profile.upstream, head="backbone",
                                  split="test", accuracy=acc, n_images=len(test), seed=self.seed))
-            for t in self.profile.tasks:
+            for t in self.tasks_of(b):
                 for kind in HEAD_KINDS:
                     h = self.head(b, t, kind)
                     for split in ("train", "test"):

@@ -148,11 +148,13 @@ def window_figure(v: WindowView) -> plt.Figure:
 
 
 def live_pretraining(suite: Any, backbone: str, progress: bool = True) -> pd.DataFrame:
-    """A few optimiser steps of a fresh explainer on a handful of upstream images (every window, targets
-    computed on the fly), through the one training loop; rows ``step, loss_keep, loss_remove``."""
+    """A few optimiser steps of a fresh explainer on a handful of upstream images (``profile.walk.windows``
+    windows of each, every window by default; targets computed on the fly), through the one training loop;
+    rows ``step, loss_keep, loss_remove``."""
     wc, bb = suite.profile.walk, suite.backbone(backbone)
     steps_per_epoch = -(-wc.n_images // wc.batch_size)
-    cfg = dataclasses.replace(suite.profile.tve, sampler="online", windows_per_image=bb.n_players,
+    k = min(wc.windows, bb.n_players) if wc.windows > 0 else bb.n_players
+    cfg = dataclasses.replace(suite.profile.tve, sampler="online", windows_per_image=k,
                               n_images=wc.n_images, batch_size=wc.batch_size, n_heldout=wc.batch_size,
                               epochs=-(-wc.steps // steps_per_epoch), warmup_frac=0.0, augment="none")
     rows: list[dict] = []
