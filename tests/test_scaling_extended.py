@@ -90,3 +90,20 @@ def test_scaling_curve_draws_extended_rows_apart():
     assert {"this run", "scaling_extended.csv"} <= labels
     xs = sorted(x for line in fig.axes[0].get_lines() for x in line.get_xdata() if len(line.get_xdata()) > 0)
     assert 1200.0 in xs
+
+
+def test_extended_finding_keeps_upstream_augmentations_apart(capsys):
+    """The same budget under another upstream augmentation is another curve, not a replaced row."""
+    run = pd.DataFrame([dict(backbone="swin", sampler="dense", arch="tapped", n_images=3000, epochs=40,
+                             pretrain_seconds=270.0, augment="composite")])
+    ext = pd.DataFrame([dict(backbone="swin", sampler="dense", arch="tapped", n_images=3000, epochs=40,
+                             pretrain_seconds=s, transfer_spearman=0.85, transfer_spearman_min=w, cpu="x86_64",
+                             threads=1, augment=a)
+                        for s, w, a in ((700.0, 0.71, None), (760.0, SPEARMAN_OK + 0.01, "composite_lowres"))])
+    text = extended_finding(ext, run)
+    assert text.count("swin, dense sampler") == 2 and "upstream augmentation composite_lowres" in text
+    assert "first at 3000 images × 40 epochs" in text and "no budget measured brings every setting" in text
+    assert "700 s there and 270 s in this run" in text and "760 s there and 270 s in this run" not in text
+    with pytest.raises(SystemExit):
+        main(["--profile", "smoke", "--dense", "32x1", "--augment", "mixup", "--device", "cpu"])
+    assert "unknown upstream augmentation 'mixup'" in capsys.readouterr().err

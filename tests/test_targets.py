@@ -166,3 +166,23 @@ def test_composite_augmentation_is_seeded_and_partial():
     assert augmented_upstream(train, "none", 0.5, 0) is train
     with pytest.raises(ValueError, match="unknown upstream augmentation"):
         augmented_upstream(train, "mixup", 0.5, 0)
+
+
+def test_lowres_augmentation_smooths_a_third_and_keeps_the_rest():
+    """``composite_lowres``: thirds of the replaced images are composites, zooms and low-resolution copies,
+    the low-resolution ones smoother than the originals (less energy between neighbouring pixels)."""
+    train, _ = _sets(60)
+    x0 = train.get(torch.arange(60))[0]
+    a = augmented_upstream(train, "composite_lowres", 0.5, seed=0)
+    xa = a.get(torch.arange(60))[0]
+    assert torch.equal(xa, augmented_upstream(train, "composite_lowres", 0.5, seed=0).get(torch.arange(60))[0])
+    changed = (xa != x0).flatten(1).any(1)
+    assert changed.sum() == 30 and xa.min() >= 0 and xa.max() <= 1 and a.name != train.name
+    g = torch.Generator().manual_seed(30_011)
+    idx = torch.randperm(60, generator=g)[:30]
+    low = idx[20:]  # the last third of the replaced images (the same seeded permutation as the module's)
+
+    def roughness(x):
+        return (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+
+    assert roughness(xa[low]) < 0.5 * roughness(x0)

@@ -4,7 +4,10 @@ TVE pre-trains on single, full-size, centred upstream items; a downstream task m
 images out otherwise (the cpu mosaics: four half-size items). ``"composite"`` replaces a fraction
 of the pre-training images, chosen by seed, half by 2x2 composites of half-size upstream images
 (each quadrant filled with probability 1/2, at least one) and half by single upstream images
-zoomed to 50-100 % and placed at a random position. Built once, deterministically, in memory; the
+zoomed to 50-100 % and placed at a random position. ``"composite_lowres"`` splits the replaced
+fraction in thirds: composites, zooms, and single upstream images at a low resolution (downsampled to
+1/6-1/2 of their side, antialiased, and upsampled back bilinearly: the smooth strokes of an upsampled
+small image, which no full-resolution upstream item shows). Built once, deterministically, in memory; the
 rest of the set is untouched, so the explainer still sees the original distribution.
 """
 
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 
 from .imagesets import ImageSet, TensorImageSet
 
-AUGMENTS = ("none", "composite")
+AUGMENTS = ("none", "composite", "composite_lowres")
 
 
 def _composites(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
@@ -50,6 +53,19 @@ def _zooms(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     return out
 
 
+def _lowres(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    b, c, s, _ = src.shape
+    out = torch.zeros(n, c, s, s)
+    pick = torch.randint(0, b, (n,), generator=g)
+    sizes = torch.randint(max(2, s // 6), s // 2 + 1, (n,), generator=g)
+    for size in sizes.unique().tolist():  # one resize per distinct size, not per image
+        sel = (sizes == size).nonzero().flatten()
+        small = F.interpolate(src[pick[sel]], size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        out[sel] = F.interpolate(small, size=(s, s), mode="bilinear", align_corners=False)
+    return out
+
+
 def augmented_upstream(train: ImageSet, kind: str, frac: float, seed: int) -> ImageSet:
     """``train`` with ``frac`` of its images replaced as ``kind`` says (``"none"``: itself)."""
     if kind not in AUGMENTS:
@@ -63,8 +79,14 @@ def augmented_upstream(train: ImageSet, kind: str, frac: float, seed: int) -> Im
         raise TypeError("upstream augmentation needs an in-memory image set")
     g = torch.Generator().manual_seed(30_011 + seed)
     idx = torch.randperm(len(x), generator=g)[: int(frac * len(x))]
-    half = len(idx) // 2
     src, x = x, x.clone()
-    x[idx[:half]] = _composites(src, half, g)
-    x[idx[half:]] = _zooms(src, len(idx) - half, g)
+    if kind == "composite":
+        half = len(idx) // 2
+        x[idx[:half]] = _composites(src, half, g)
+        x[idx[half:]] = _zooms(src, len(idx) - half, g)
+    else:
+        a, b = len(idx) // 3, 2 * len(idx) // 3
+        x[idx[:a]] = _composites(src, a, g)
+        x[idx[a:b]] = _zooms(src, b - a, g)
+        x[idx[b:]] = _lowres(src, len(idx) - b, g)
     return TensorImageSet(f"{train.name}+{kind}{frac:g}s{seed}", x, y, train.classes)

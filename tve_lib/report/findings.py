@@ -107,6 +107,12 @@ def _instance_note(ext: pd.DataFrame, scaling: pd.DataFrame, backbone: str) -> s
             "these scores are that instance's")
 
 
+def _with_augment(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with an ``augment`` column of strings ("" where it was not recorded)."""
+    aug = df["augment"].fillna("").astype(str) if "augment" in df else ""
+    return df.assign(augment=aug)
+
+
 def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd.DataFrame | None = None) -> str:
     """Notebook 03b: the budgets measured past this run's (``tve/scaling_extended.csv``), each against the
     quality targets; seconds from another machine are set against this run's by a budget both measured."""
@@ -114,12 +120,16 @@ def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd
         return ("No budget past this run's was measured (`python -m tve_lib.studies.scaling_extended` writes "
                 "`tve/scaling_extended.csv`).")
     out = []
-    for (b, sampler, arch), g in extended.sort_values("pretrain_seconds").groupby(["backbone", "sampler", "arch"]):
+    # rows written before the upstream augmentation was recorded ran the profile's: "" here
+    ext, settings = _with_augment(extended), None if settings is None else _with_augment(settings)
+    groups = ext.sort_values("pretrain_seconds").groupby(["backbone", "sampler", "arch", "augment"])
+    for (b, sampler, arch, aug), g in groups:
         where = f"{g.cpu.iloc[0]}, {g.threads.iloc[0]} threads" if "cpu" in g else "another run"
         items = []
         for _, r in g.iterrows():
             s = None if settings is None else settings[(settings.backbone == b) & (settings.sampler == sampler) & (
-                settings.arch == arch) & (settings.n_images == r.n_images) & (settings.epochs == r.epochs)]
+                settings.arch == arch) & (settings.n_images == r.n_images) & (settings.epochs == r.epochs)
+                & (settings.augment == aug)]
             ok = "every setting" if r.transfer_spearman_min >= SPEARMAN_OK else "not every setting"
             txt = (f"{r.n_images} images × {r.epochs} epochs, {r.pretrain_seconds:.0f} s: median Spearman "
                    f"{r.transfer_spearman:.3f}, worst setting {r.transfer_spearman_min:.3f} ({ok} ≥ {SPEARMAN_OK:g})")
@@ -130,11 +140,15 @@ def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd
         hit = g[g.transfer_spearman_min >= SPEARMAN_OK]
         first = (f"every setting ≥ {SPEARMAN_OK:g} first at {hit.n_images.iloc[0]} images × {hit.epochs.iloc[0]} "
                  f"epochs" if len(hit) else f"no budget measured brings every setting to {SPEARMAN_OK:g}")
-        same = scaling.merge(g, on=["backbone", "sampler", "arch", "n_images", "epochs"], suffixes=("_run", "_ext"))
+        run = _with_augment(scaling)
+        run = run[(run.augment == aug) | (run.augment == "") | (aug == "")]
+        same = run.merge(g.drop(columns="augment"), on=["backbone", "sampler", "arch", "n_images", "epochs"],
+                         suffixes=("_run", "_ext"))
         pace = (f"; the budget both measured ({same.n_images.iloc[0]} × {same.epochs.iloc[0]}) took "
                 f"{same.pretrain_seconds_ext.iloc[0]:.0f} s there and {same.pretrain_seconds_run.iloc[0]:.0f} s in "
                 f"this run" if len(same) else "")
-        out.append(f"{b}, {sampler} sampler, {arch} ({where}{pace}{_instance_note(g, scaling, b)}): "
+        label = f", upstream augmentation {aug}" if aug else ""
+        out.append(f"{b}, {sampler} sampler, {arch}{label} ({where}{pace}{_instance_note(g, scaling, b)}): "
                    + "; ".join(items) + f"; {first}")
     return ("**Past this run's budgets** (`tve/scaling_extended.csv`, measured separately by "
             "`python -m tve_lib.studies.scaling_extended` with the same probe sizes):\n\n"

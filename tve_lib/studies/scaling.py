@@ -105,10 +105,11 @@ def scaling_row(probe: ScalingProbe, cfg: TVEConfig) -> tuple[dict, pd.DataFrame
                transfer_spearman=per.spearman.median(), topk_overlap=per.topk_overlap.mean(),
                fid_plus_ratio_to_occlusion=per.fid_plus_ratio_to_occlusion.median(), seed=suite.seed,
                transfer_spearman_min=per.spearman.min(), target_seconds=hist[-1].get("target_seconds", 0.0),
-               depth=cfg.depth, embed_dim=cfg.embed_dim, n_test_images=probe.n_images,
+               depth=cfg.depth, embed_dim=cfg.embed_dim, n_test_images=probe.n_images, augment=cfg.augment,
                backbone_weights=probe.weights,
                wall_seconds=time.time() - t0)
-    return row, per.assign(backbone=b, sampler=cfg.sampler, arch=cfg.arch, n_images=n, epochs=cfg.epochs)
+    return row, per.assign(backbone=b, sampler=cfg.sampler, arch=cfg.arch, n_images=n, epochs=cfg.epochs,
+                           augment=cfg.augment)
 
 
 def scaling_budgets(profile) -> list[TVEConfig]:

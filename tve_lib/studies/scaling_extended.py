@@ -10,6 +10,7 @@ cached and resumed like every other::
 
     python -m tve_lib.studies.scaling_extended --profile cpu --dense 12000x40 --dense 3000x40
     python -m tve_lib.studies.scaling_extended --profile cpu --online 48000x1x1 --threads 2
+    python -m tve_lib.studies.scaling_extended --profile cpu --backbone swin --dense 3000x40 --augment composite_lowres
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import time
 import pandas as pd
 import torch
 
+from ..augment import AUGMENTS
 from ..io import device_info, git_commit, upsert_csv
 from .scaling import ScalingProbe, budget_config, scaling_row
 from .suite import Suite
 
 #: what identifies one budget's row: rerunning a budget replaces it
-EXTENDED_KEYS = ["backbone", "sampler", "arch", "n_images", "epochs", "windows_per_image", "seed"]
+EXTENDED_KEYS = ["backbone", "sampler", "arch", "n_images", "epochs", "windows_per_image", "augment", "seed"]
 
 
 def parse_budget(text: str, parts: int) -> tuple[int, ...]:
@@ -41,9 +43,14 @@ def parse_budget(text: str, parts: int) -> tuple[int, ...]:
     return out
 
 
-def extended_budgets(suite: Suite, dense: list[str], online: list[str]) -> list:
-    """The TVEConfigs of the requested budgets, as `scaling_budgets` builds the profile's own."""
+def extended_budgets(suite: Suite, dense: list[str], online: list[str], augment: str = "") -> list:
+    """The TVEConfigs of the requested budgets, as `scaling_budgets` builds the profile's own (``augment``:
+    another upstream augmentation than the profile's, `tve_lib.augment.AUGMENTS`)."""
     base = suite.profile.tve
+    if augment:
+        if augment not in AUGMENTS:
+            raise ValueError(f"unknown upstream augmentation {augment!r}; expected one of: {', '.join(AUGMENTS)}")
+        base = budget_config(base, augment=augment)
     out = [budget_config(base, sampler="dense", n_images=n, epochs=e) for n, e in (parse_budget(d, 2) for d in dense)]
     out += [budget_config(base, sampler="online", n_images=n, epochs=e, windows_per_image=k, centred_weight=1.0)
             for n, e, k in (parse_budget(o, 3) for o in online)]
@@ -71,7 +78,8 @@ def run_extended(suite: Suite, backbone: str, budgets: list, n_test_images: int 
               f"overlap {row['topk_overlap']:.3f}", flush=True)
         rows.append(upsert_csv(pd.DataFrame([row]), suite.path("tve", "scaling_extended.csv"), EXTENDED_KEYS))
         per.append(upsert_csv(p.assign(seed=suite.seed), suite.path("tve", "scaling_extended_settings.csv"),
-                              ["backbone", "sampler", "arch", "n_images", "epochs", "seed", "task", "head"]))
+                              ["backbone", "sampler", "arch", "n_images", "epochs", "augment", "seed", "task",
+                               "head"]))
     return (rows[-1], per[-1]) if rows else (pd.DataFrame(), pd.DataFrame())
 
 
@@ -82,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dense", action="append", default=[], help="IMAGESxEPOCHS, every window (repeatable)")
     ap.add_argument("--online", action="append", default=[], help="IMAGESxEPOCHSxK, K drawn windows (repeatable)")
     ap.add_argument("--test-images", type=int, default=0, help="test images per task (default: the profile's)")
+    ap.add_argument("--augment", default="", help=f"upstream augmentation, one of {', '.join(AUGMENTS)} "
+                                                  "(default: the profile's)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
@@ -97,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.backbone not in suite.backbone_names:
         ap.error(f"unknown backbone {a.backbone!r}; the {a.profile} profile has: {', '.join(suite.backbone_names)}")
     try:
-        budgets = extended_budgets(suite, a.dense, a.online)
+        budgets = extended_budgets(suite, a.dense, a.online, a.augment)
     except ValueError as e:
         ap.error(str(e))
     run_extended(suite, a.backbone, budgets, a.test_images or None)
