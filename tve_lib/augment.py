@@ -66,10 +66,16 @@ def _lowres(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     return out
 
 
-def augmented_upstream(train: ImageSet, kind: str, frac: float, seed: int) -> ImageSet:
-    """``train`` with ``frac`` of its images replaced as ``kind`` says (``"none"``: itself)."""
+def check_augment(kind: str) -> str:
+    """``kind`` if it names an upstream augmentation; a clear error otherwise."""
     if kind not in AUGMENTS:
         raise ValueError(f"unknown upstream augmentation {kind!r}; expected one of: {', '.join(AUGMENTS)}")
+    return kind
+
+
+def augmented_upstream(train: ImageSet, kind: str, frac: float, seed: int) -> ImageSet:
+    """``train`` with ``frac`` of its images replaced as ``kind`` says (``"none"``: itself)."""
+    check_augment(kind)
     if kind == "none" or frac <= 0:
         return train
     if not 0 < frac <= 1:

@@ -122,6 +122,7 @@ def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd
     out = []
     # rows written before the upstream augmentation was recorded ran the profile's: "" here
     ext, settings = _with_augment(extended), None if settings is None else _with_augment(settings)
+    run_rows = _with_augment(scaling)
     groups = ext.sort_values("pretrain_seconds").groupby(["backbone", "sampler", "arch", "augment"])
     for (b, sampler, arch, aug), g in groups:
         where = f"{g.cpu.iloc[0]}, {g.threads.iloc[0]} threads" if "cpu" in g else "another run"
@@ -140,8 +141,7 @@ def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd
         hit = g[g.transfer_spearman_min >= SPEARMAN_OK]
         first = (f"every setting ≥ {SPEARMAN_OK:g} first at {hit.n_images.iloc[0]} images × {hit.epochs.iloc[0]} "
                  f"epochs" if len(hit) else f"no budget measured brings every setting to {SPEARMAN_OK:g}")
-        run = _with_augment(scaling)
-        run = run[(run.augment == aug) | (run.augment == "") | (aug == "")]
+        run = run_rows[(run_rows.augment == aug) | (run_rows.augment == "") | (aug == "")]
         same = run.merge(g.drop(columns="augment"), on=["backbone", "sampler", "arch", "n_images", "epochs"],
                          suffixes=("_run", "_ext"))
         pace = (f"; the budget both measured ({same.n_images.iloc[0]} × {same.epochs.iloc[0]}) took "

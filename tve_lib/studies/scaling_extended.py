@@ -21,7 +21,7 @@ import time
 import pandas as pd
 import torch
 
-from ..augment import AUGMENTS
+from ..augment import AUGMENTS, check_augment
 from ..io import device_info, git_commit, upsert_csv
 from .scaling import ScalingProbe, budget_config, scaling_row
 from .suite import Suite
@@ -47,10 +47,8 @@ def extended_budgets(suite: Suite, dense: list[str], online: list[str], augment:
     """The TVEConfigs of the requested budgets, as `scaling_budgets` builds the profile's own (``augment``:
     another upstream augmentation than the profile's, `tve_lib.augment.AUGMENTS`)."""
     base = suite.profile.tve
-    if augment:
-        if augment not in AUGMENTS:
-            raise ValueError(f"unknown upstream augmentation {augment!r}; expected one of: {', '.join(AUGMENTS)}")
-        base = budget_config(base, augment=augment)
+    if augment:  # checked before the probe's exact windows and any training
+        base = budget_config(base, augment=check_augment(augment))
     out = [budget_config(base, sampler="dense", n_images=n, epochs=e) for n, e in (parse_budget(d, 2) for d in dense)]
     out += [budget_config(base, sampler="online", n_images=n, epochs=e, windows_per_image=k, centred_weight=1.0)
             for n, e, k in (parse_budget(o, 3) for o in online)]
