@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tve-suite: provision the environment, then run every notebook (default) or the tests.
 #   ./run_all.sh [--profile smoke|cpu|paper] [--dry-run] [--only NN ...] [--keep-going] [--force] [--figures-only]
-#                [--precision auto|fp32|bf16] [--compile BACKEND]
+#                [--precision auto|native|fp32|bf16] [--compile BACKEND]
 #   ./run_all.sh --tests [pytest args]      # the test suite (what CI runs; -m browser: the JupyterLab browser test)
 #   ./run_all.sh --lab [--port N]           # JupyterLab on notebooks/ with the suite's kernel (prints the URL)
 # Environment: TVE_VENV (default .venv), DATA_DIR, WEIGHTS_DIR, DEVICE (auto|cpu|cuda).

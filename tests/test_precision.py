@@ -23,7 +23,7 @@ from tve_lib.explainers.tve_model import build_explainer, explainer_forward
 from tve_lib.explainers.tve_targets import _store_key, backbone_digest
 from tve_lib.explainers.tve_train import step_seconds
 from tve_lib.heads import make_head
-from tve_lib.precision import amp_dtype_for, check_compile_backend, dtype_name
+from tve_lib.precision import amp_dtype_for, check_compile_backend, cpu_bf16, dtype_name
 from tve_lib.shapley import player_groups, shapley_references
 from tve_lib.studies import throughput as bench
 from tve_lib.studies import throughput_runs as running
@@ -108,6 +108,22 @@ def test_auto_resolves_bf16_only_on_cuda_and_the_explicit_settings_everywhere():
     assert dtype_name(torch.bfloat16) == "bfloat16" and dtype_name(torch.float32) == "float32"
 
 
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_native_is_bf16_exactly_where_the_cpu_has_bf16_instructions(monkeypatch, has_bf16):
+    """"native" (the paper profile's) follows the CPU's bf16 instructions; "auto" on CPU never does (the cpu and
+    smoke profiles stay fp32 on any machine)."""
+    import tve_lib.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: has_bf16)
+    assert precision.amp_dtype_for("native", "cpu") == (torch.bfloat16 if has_bf16 else None)
+    assert precision.amp_dtype_for("auto", "cpu") is None
+    bb = tiny_backbone("vit")
+    bb.precision = "native"
+    assert bb.amp_dtype == (torch.bfloat16 if has_bf16 else None)
+    with bb.full_precision():  # a reference stays fp32 under "native" too
+        assert bb.amp_dtype is None
+
+
 # ----------------------------------------------------------------------------- compile
 @pytest.mark.parametrize("name", ["vit"])
 def test_compile_eager_gives_equal_outputs_and_leaves_weights_and_digests_alone(name):
@@ -147,11 +163,11 @@ def test_hooking_explainers_see_their_hooks_when_the_backbone_is_compiled(method
 # ----------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("bad", ["fp16", "bfloat16", "", "FP32"])
 def test_an_unknown_precision_fails_clearly(bad):
-    with pytest.raises(ValueError, match="auto, fp32, bf16"):
+    with pytest.raises(ValueError, match="auto, native, fp32, bf16"):
         get_profile("cpu", {"precision": bad})
     with pytest.raises(ValueError, match="unknown precision"):
         Backbone(tiny_backbone("vit").model, "vit", 32, (0.5,) * 3, (0.5,) * 3, precision=bad)
-    assert PRECISIONS == ("auto", "fp32", "bf16")
+    assert PRECISIONS == ("auto", "native", "fp32", "bf16")
 
 
 def test_an_unknown_compile_backend_or_amp_dtype_fails_clearly():
@@ -254,11 +270,12 @@ def test_the_paper_section_takes_the_running_profiles_precision(monkeypatch):
     # a one-block ViT at 224 px stands in for ViT-B/16 (same grid, a fraction of the cost)
     monkeypatch.setattr(bench, "create_model", lambda spec, n: timm.create_model(
         "vit_tiny_patch16_224", num_classes=n, embed_dim=32, depth=1, num_heads=1))
-    assert get_profile("paper").precision == "auto" and get_profile("paper").compile == ""
+    assert get_profile("paper").precision == "native" and get_profile("paper").compile == ""
     bb = bench.paper_backbone("vit", "cpu", "bf16", "eager")
     assert (bb.precision, bb.compile_backend, bb.amp_dtype) == ("bf16", "eager", torch.bfloat16)
     bb = bench.paper_backbone("vit", "cpu")  # default: the paper profile's own settings
-    assert (bb.precision, bb.compile_backend, bb.amp_dtype) == ("auto", "", None)
+    native = torch.bfloat16 if cpu_bf16() else None
+    assert (bb.precision, bb.compile_backend, bb.amp_dtype) == ("native", "", native)
 
 
 def test_precision_from_the_environment(monkeypatch, tmp_path):

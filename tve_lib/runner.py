@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights-dir", default="")
     ap.add_argument("--timeout", type=int, default=7200, help="per-cell timeout in seconds")
     ap.add_argument("--precision", choices=PRECISIONS,
-                    help="the backbone's and explainer's precision (default: the profile's, auto = bf16 on CUDA)")
+                    help="the backbone's and explainer's precision (default: the profile's; auto = bf16 on CUDA, "
+                         "native = also on a CPU with bf16 instructions)")
     ap.add_argument("--compile", metavar="BACKEND", help="torch.compile the backbone's passes (e.g. inductor)")
     a = ap.parse_args(argv)
     for var, value in ((PRECISION_ENV, a.precision), (COMPILE_ENV, a.compile)):

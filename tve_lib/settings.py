@@ -255,8 +255,9 @@ class WalkConfig:
     windows: int = 0  # windows drawn per image per live step; 0: every window (2·G² backbone passes per image)
 
 
-#: `Profile.precision`: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
-PRECISIONS = ("auto", "fp32", "bf16")
+#: `Profile.precision`: "auto" (bf16 on CUDA, fp32 on CPU), "native" (bf16 on CUDA and on a CPU with bf16
+#: instructions, fp32 elsewhere), "fp32", "bf16"
+PRECISIONS = ("auto", "native", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -272,8 +273,10 @@ class Profile:
     std: tuple[float, ...] | None = None
     # numeric precision of the frozen backbone's passes (embeddings, window targets, tapped tokens, logits) and
     # of the TVE explainer's forward (`tve_lib.backbones.Backbone.amp_dtype`): "auto" = bf16 autocast on a CUDA
-    # device that supports it, fp32 elsewhere (a CPU run is today's fp32 path, bit for bit); "fp32"; "bf16"
-    # (autocast on any device). Exact references (Shapley enumeration, the exact window quantity) stay fp32
+    # device that supports it, fp32 elsewhere (a CPU run is today's fp32 path, bit for bit); "native" = also bf16
+    # on a CPU with bf16 instructions (AVX512-BF16, AMX; the paper profile, so its dry run computes what a GPU
+    # run computes); "fp32"; "bf16" (autocast on any device). Exact references (Shapley enumeration, the exact
+    # window quantity) stay fp32
     precision: str = "auto"
     # torch.compile backend of the backbone's passes ("inductor", "eager", ...); "" = not compiled
     compile: str = ""
