@@ -136,14 +136,15 @@ def dry_run_profile(paper: Profile, name: str = "paper-dry", backbones: tuple[Ba
            ablation_epochs=1, ablation_images=2, ablation_n_images=1, ablation_radii=(0, 1))
     return R(paper, name=name, img_size=img_size or paper.img_size, pairs="diagonal",
              backbones=tuple(R(b, pretrained=False) for b in (backbones or paper.backbones)),
-             n_upstream_val=8, backbone_train=BackboneTrain(epochs=1, n_images=16, batch_size=8),
+             # one optimiser step per backbone (a paper-size training step costs about 12 s here)
+             n_upstream_val=8, backbone_train=BackboneTrain(epochs=1, n_images=8, batch_size=8),
              head_train=HeadTrain(epochs=2),
              tve=R(paper.tve, n_images=16, epochs=1, batch_size=8, n_heldout=4, target_batch_size=64),
              # five online budgets spanning 16x, as the scaling study asks, from one image-step up
              scaling=ScalingConfig(n_test_images=1, online=((1, 1, 1), (2, 1, 1), (4, 1, 1), (8, 1, 1), (16, 1, 1))),
              eval=ev,
              bench=R(paper.bench, batch_sizes=(1,), repeats=1, budgets=(16, 32), n_tasks=2, task_batch_size=1,
-                     max_measure_s=10.0, time_budget_s=60.0, loader_images=32, loader_batch_size=8,
+                     max_measure_s=10.0, time_budget_s=30.0, loader_images=32, loader_batch_size=8,
                      loader_step_batch=1, fidelity_batch=4),
              xvec=R(paper.xvec, backbones=paper.xvec.backbones[:1], train_blocks=1, expl_hidden=16, steps=2,
                     batch_size=2, n_source=1, n_source_val=2, n_target_sup=1, shap_budget=2 * players + 8,

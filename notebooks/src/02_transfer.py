@@ -45,8 +45,7 @@ from tve_lib.studies.walkthrough import map_pair_figure, transfer_by_hand, walk_
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 ev = suite.profile.eval
-heads = {(b, t): {k: suite.head(b, t, k) for k in ("linear", "mlp")}
-         for b in suite.backbone_names for t in suite.profile.tasks}
+heads = {(b, t): {k: suite.head(b, t, k) for k in ("linear", "mlp")} for b, t in suite.pairs()}
 
 # %% [markdown]
 # ## The transfer rule by hand: one image, one head, one player
@@ -70,7 +69,7 @@ fig = map_pair_figure(raw0[0], tve0.explain(x0, head0)[0].cpu(), exact0[0].cpu()
 savefig(fig, suite.path("figures", "02_transfer_by_hand"))
 
 # %% [markdown]
-# ## Gallery: TVE maps (raw and pooled) per task and backbone, linear heads
+# ## Gallery: TVE maps (raw and pooled) per task and backbone, linear heads (the settings the profile runs)
 # Each map is blended over its image, centred on its own median player (`tve_lib.gallery.display_map`): TVE's
 # window quantity carries a large per-image offset, so red = players above the image's median, blue = below; the
 # caption under each gallery says so. On the mosaic task the known relevant quadrant is outlined.
@@ -80,7 +79,7 @@ for t in suite.profile.tasks:
     ds = suite.task(t).test
     raw, labels, masks = ds.get(torch.arange(ev.n_gallery))
     maps = {}
-    for b in suite.backbone_names:
+    for b in [b for b, tb in suite.pairs() if tb == t]:
         bb, tve = suite.backbone(b), suite.explainer(b)
         x = bb.normalize(suite.task(t, b).test.get(torch.arange(ev.n_gallery))[0].to(suite.device))
         maps[f"{b}"] = tve.explain(x, heads[(b, t)]["linear"]).cpu()
