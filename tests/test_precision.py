@@ -278,6 +278,21 @@ def test_the_paper_section_takes_the_running_profiles_precision(monkeypatch):
     assert (bb.precision, bb.compile_backend, bb.amp_dtype) == ("native", "", native)
 
 
+def test_the_loader_sections_paper_rows_take_the_running_profiles_precision(monkeypatch):
+    """Notebook 04's paper-size step and fidelity-batch rows time the running profile's precision: fp32 in a cpu
+    run on any CPU ("auto"), the paper profile's own ("native") only when none is given."""
+    import timm
+
+    from tve_lib.studies import loading
+
+    monkeypatch.setattr(bench, "create_model", lambda spec, n: timm.create_model(
+        "vit_tiny_patch16_224", num_classes=n, embed_dim=32, depth=1, num_heads=1))
+    for precision, dtype in (("auto", "float32"), ("bf16", "bfloat16"),
+                             (None, "bfloat16" if cpu_bf16() else "float32")):
+        assert loading.fidelity_batch_row("cpu", batch_size=2, precision=precision)["dtype"] == dtype
+    assert loading.step_row("cpu", batch_size=1, precision="auto")["dtype"] == "float32"
+
+
 def test_precision_from_the_environment(monkeypatch, tmp_path):
     """`./run_all.sh --precision bf16 --compile eager` reaches every notebook's Suite through the environment;
     caches computed under autocast are keyed apart from the fp32 ones."""

@@ -188,8 +188,9 @@ suite.write_run_json("throughput", {"PROFILE": PROFILE, "SEED": SEED, "DEVICE": 
 # %%
 loader = loading.loader_rows(suite.path("checkpoints", "loader_bench_jpegs"), cfg.loader_images, cfg.loader_workers,
                              cfg.loader_batch_size, seed=SEED)
-step = loading.step_row(suite.device, "vit", cfg.loader_step_batch, seed=SEED)
-fid = loading.fidelity_batch_row(suite.device, "vit", cfg.fidelity_batch, seed=SEED)
+step = loading.step_row(suite.device, "vit", cfg.loader_step_batch, seed=SEED, precision=suite.profile.precision)
+fid = loading.fidelity_batch_row(suite.device, "vit", cfg.fidelity_batch, seed=SEED,
+                                 precision=suite.profile.precision)
 loader_table = pd.concat([loader.assign(what="loader"),
                           pd.DataFrame([dict(step, what="tve_step", img_size=224),
                                         dict(fid, what="fidelity_batch", img_size=224)])], ignore_index=True)

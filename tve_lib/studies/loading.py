@@ -60,12 +60,13 @@ def loader_rows(folder: str | Path, n_images: int, workers: Sequence[int], batch
 
 
 def step_row(device: str | torch.device, backbone: str = "vit", batch_size: int = 8, steps: int = 1,
-             cfg: TVEConfig | None = None, seed: int = 0) -> dict:
+             cfg: TVEConfig | None = None, seed: int = 0, precision: str | None = None) -> dict:
     """The images/s one TVE pre-training step of the paper profile consumes (random weights, random
-    images: pixel values do not change the cost), median over ``steps`` after a warm-up step."""
+    images: pixel values do not change the cost), median over ``steps`` after a warm-up step.
+    ``precision``: the running profile's (None: the paper profile's), as in `paper_backbone`."""
     paper = get_profile("paper")
     cfg = dataclasses.replace(cfg or paper.tve, batch_size=batch_size)
-    bb = paper_backbone(backbone, device).eval().requires_grad_(False)
+    bb = paper_backbone(backbone, device, precision).eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     imgs = TensorImageSet("random", torch.rand(batch_size, 3, bb.img_size, bb.img_size, generator=gen),
                           torch.zeros(batch_size, dtype=torch.long), ["x"])
@@ -80,11 +81,11 @@ def step_row(device: str | torch.device, backbone: str = "vit", batch_size: int 
 
 
 def fidelity_batch_row(device: str | torch.device, backbone: str = "vit", batch_size: int = 32, n_classes: int = 10,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, precision: str | None = None) -> dict:
     """Seconds and peak memory of one fidelity batch at paper size: ``batch_size`` images with a random half
     of their players removed, through the backbone (random weights) and a linear head, as every perturbation
-    metric evaluates them (no gradients)."""
-    bb = paper_backbone(backbone, device).eval().requires_grad_(False)
+    metric evaluates them (no gradients). ``precision``: as in `step_row`."""
+    bb = paper_backbone(backbone, device, precision).eval().requires_grad_(False)
     head = random_heads(bb.embed_dim, [n_classes], device, seed)[0]
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, 3, bb.img_size, bb.img_size, generator=gen).to(device)
