@@ -19,10 +19,11 @@ provision() {
       aarch64|arm64) torch_pins="torch==2.9.1 torchvision==0.24.1" ;;
       *) torch_pins="torch torchvision" ;;
     esac
-    "$VENV/bin/pip" install -q --upgrade pip
+    # --no-cache-dir: the wheels (torch and its CUDA libraries, several GB) would otherwise sit on disk twice
+    "$VENV/bin/pip" install -q --no-cache-dir --upgrade pip
     # shellcheck disable=SC2086
-    "$VENV/bin/pip" install -q $torch_pins
-    "$VENV/bin/pip" install -q -r requirements.txt
+    "$VENV/bin/pip" install -q --no-cache-dir $torch_pins
+    "$VENV/bin/pip" install -q --no-cache-dir -r requirements.txt
     "$VENV/bin/pip" install -q --no-deps -e .
   fi
   # the kernel papermill runs (-k python3) is this venv's interpreter
