@@ -7,7 +7,7 @@ import pytest
 from tve_lib.report.claims import SPEARMAN_OK, TOPK_OK
 from tve_lib.report.findings import extended_finding
 from tve_lib.schema import SCALING_COLUMNS
-from tve_lib.studies.scaling_extended import main, parse_budget
+from tve_lib.studies.scaling_extended import main, parse_budget, parse_overrides
 
 
 def test_budgets_parse_strictly():
@@ -107,3 +107,27 @@ def test_extended_finding_keeps_upstream_augmentations_apart(capsys):
     with pytest.raises(SystemExit):
         main(["--profile", "smoke", "--dense", "32x1", "--augment", "mixup", "--device", "cpu"])
     assert "unknown upstream augmentation 'mixup'" in capsys.readouterr().err
+
+
+def test_explainer_overrides_parse_strictly_and_keep_their_rows_apart(tmp_path, capsys):
+    assert parse_overrides(["embed_dim=96", "tap_pixels=false", "augment=none", "radius=2"]) == dict(
+        embed_dim=96, tap_pixels=False, augment="none", radius=2)
+    for bad, msg in (("embed=96", "TVEConfig field"), ("embed_dim", "FIELD=VALUE"),
+                     ("embed_dim=wide", "takes an integer")):
+        with pytest.raises(ValueError, match=msg):
+            parse_overrides([bad])
+    with pytest.raises(SystemExit):
+        main(["--profile", "smoke", "--dense", "32x1", "--tve", "width=3", "--results-dir", str(tmp_path)])
+    assert "TVEConfig field" in capsys.readouterr().err
+    base = ["--profile", "smoke", "--dense", "32x1", "--test-images", "2", "--results-dir", str(tmp_path),
+            "--device", "cpu"]
+    main(base)
+    main(base + ["--tve", "embed_dim=16", "--tve", "mix_hidden=32"])
+    ext = pd.read_csv(tmp_path / "smoke" / "tve" / "scaling_extended.csv", keep_default_na=False)
+    assert sorted(ext.overrides) == ["", "embed_dim=16 mix_hidden=32"] and sorted(ext.embed_dim) == [16, 32]
+    assert (ext.ratio_to_inference > 0).all()
+    settings = pd.read_csv(tmp_path / "smoke" / "tve" / "scaling_extended_settings.csv", keep_default_na=False)
+    assert len(settings) == 2 * settings.groupby(["task", "head"]).ngroups
+    text = extended_finding(ext, pd.DataFrame(columns=["backbone", "sampler", "arch", "n_images", "epochs",
+                                                       "pretrain_seconds"]), settings)
+    assert text.count("32 images × 1 epochs") == 2 and "explainer embed_dim=16 mix_hidden=32" in text

@@ -108,9 +108,10 @@ def _instance_note(ext: pd.DataFrame, scaling: pd.DataFrame, backbone: str) -> s
 
 
 def _with_augment(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with an ``augment`` column of strings ("" where it was not recorded)."""
-    aug = df["augment"].fillna("").astype(str) if "augment" in df else ""
-    return df.assign(augment=aug)
+    """``df`` with ``augment`` and ``overrides`` (the explainer's TVEConfig changes) as strings ("" where not
+    recorded: the profile's)."""
+    cols = ("augment", "overrides")
+    return df.assign(**{c: df[c].astype("string").fillna("").astype(str) if c in df else "" for c in cols})
 
 
 def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd.DataFrame | None = None) -> str:
@@ -123,14 +124,14 @@ def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd
     # rows written before the upstream augmentation was recorded ran the profile's: "" here
     ext, settings = _with_augment(extended), None if settings is None else _with_augment(settings)
     run_rows = _with_augment(scaling)
-    groups = ext.sort_values("pretrain_seconds").groupby(["backbone", "sampler", "arch", "augment"])
-    for (b, sampler, arch, aug), g in groups:
+    groups = ext.sort_values("pretrain_seconds").groupby(["backbone", "sampler", "arch", "augment", "overrides"])
+    for (b, sampler, arch, aug, over), g in groups:
         where = f"{g.cpu.iloc[0]}, {g.threads.iloc[0]} threads" if "cpu" in g else "another run"
         items = []
         for _, r in g.iterrows():
             s = None if settings is None else settings[(settings.backbone == b) & (settings.sampler == sampler) & (
                 settings.arch == arch) & (settings.n_images == r.n_images) & (settings.epochs == r.epochs)
-                & (settings.augment == aug)]
+                & (settings.augment == aug) & (settings.overrides == over)]
             ok = "every setting" if r.transfer_spearman_min >= SPEARMAN_OK else "not every setting"
             txt = (f"{r.n_images} images × {r.epochs} epochs, {r.pretrain_seconds:.0f} s: median Spearman "
                    f"{r.transfer_spearman:.3f}, worst setting {r.transfer_spearman_min:.3f} ({ok} ≥ {SPEARMAN_OK:g})")
@@ -141,13 +142,13 @@ def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd
         hit = g[g.transfer_spearman_min >= SPEARMAN_OK]
         first = (f"every setting ≥ {SPEARMAN_OK:g} first at {hit.n_images.iloc[0]} images × {hit.epochs.iloc[0]} "
                  f"epochs" if len(hit) else f"no budget measured brings every setting to {SPEARMAN_OK:g}")
-        run = run_rows[(run_rows.augment == aug) | (run_rows.augment == "") | (aug == "")]
-        same = run.merge(g.drop(columns="augment"), on=["backbone", "sampler", "arch", "n_images", "epochs"],
-                         suffixes=("_run", "_ext"))
+        run = run_rows[((run_rows.augment == aug) | (run_rows.augment == "") | (aug == "")) & (over == "")]
+        same = run.merge(g.drop(columns=["augment", "overrides"]),
+                         on=["backbone", "sampler", "arch", "n_images", "epochs"], suffixes=("_run", "_ext"))
         pace = (f"; the budget both measured ({same.n_images.iloc[0]} × {same.epochs.iloc[0]}) took "
                 f"{same.pretrain_seconds_ext.iloc[0]:.0f} s there and {same.pretrain_seconds_run.iloc[0]:.0f} s in "
                 f"this run" if len(same) else "")
-        label = f", upstream augmentation {aug}" if aug else ""
+        label = (f", upstream augmentation {aug}" if aug else "") + (f", explainer {over}" if over else "")
         out.append(f"{b}, {sampler} sampler, {arch}{label} ({where}{pace}{_instance_note(g, scaling, b)}): "
                    + "; ".join(items) + f"; {first}")
     return ("**Past this run's budgets** (`tve/scaling_extended.csv`, measured separately by "

@@ -150,6 +150,23 @@ def _seconds(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _bench_batch(suite, backbone: str, batch_size: int):
+    """The backbone, ``batch_size`` normalised test images of the profile's first task, and its linear head."""
+    bb = suite.backbone(backbone)
+    task = suite.task(suite.profile.tasks[0], backbone)
+    x = bb.normalize(task.test.get(torch.arange(min(batch_size, len(task.test))))[0].to(suite.device))
+    return bb, x, suite.head(backbone, suite.profile.tasks[0], "linear")
+
+
+@torch.no_grad()
+def explain_ratio(suite, backbone: str, explainer, batch_size: int, repeats: int = 5) -> float:
+    """Explanation throughput over one backbone inference (head included) on a batch of ``batch_size`` test
+    images of the profile's first task (median of ``repeats`` timings each)."""
+    bb, x, head = _bench_batch(suite, backbone, batch_size)
+    t_inf = _seconds(lambda: head(bb.embed(x)), repeats)
+    return t_inf / _seconds(lambda: explainer.explain(x, head), repeats)
+
+
 @torch.no_grad()
 def shape_front(suite, backbones: Sequence[str], ablations: pd.DataFrame, batch_size: int = 32,
                 repeats: int = 5) -> pd.DataFrame:
@@ -160,10 +177,7 @@ def shape_front(suite, backbones: Sequence[str], ablations: pd.DataFrame, batch_
 
     rows = []
     for b in backbones:
-        bb = suite.backbone(b)
-        task = suite.task(suite.profile.tasks[0], b)
-        x = bb.normalize(task.test.get(torch.arange(min(batch_size, len(task.test))))[0].to(suite.device))
-        head = suite.head(b, suite.profile.tasks[0], "linear")
+        bb, x, head = _bench_batch(suite, b, batch_size)
         t_inf = _seconds(lambda bb=bb, x=x, head=head: head(bb.embed(x)), repeats)
         for v in ablation_variants(suite.profile, bb.grid):
             if v.ablation != "explainer":

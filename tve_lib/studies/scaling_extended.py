@@ -11,23 +11,32 @@ cached and resumed like every other::
     python -m tve_lib.studies.scaling_extended --profile cpu --dense 12000x40 --dense 3000x40
     python -m tve_lib.studies.scaling_extended --profile cpu --online 48000x1x1 --threads 2
     python -m tve_lib.studies.scaling_extended --profile cpu --backbone swin --dense 3000x40 --augment composite_lowres
+    python -m tve_lib.studies.scaling_extended --profile cpu --dense 3000x40 --tve embed_dim=96 --tve mix_hidden=192
+
+``--tve FIELD=VALUE`` changes a field of the profile's ``TVEConfig`` (the explainer's size, say) for every budget
+of the call; its rows are kept apart by ``depth``, ``embed_dim`` and ``overrides``. Each row also times the
+explainer against one backbone inference (``ratio_to_inference``, batch ``bench.task_batch_size``), so a
+smaller explainer's quality is read beside what it saves.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import pandas as pd
 import torch
 
 from ..augment import AUGMENTS, check_augment
+from ..config import TVEConfig
 from ..io import device_info, git_commit, upsert_csv
-from .scaling import ScalingProbe, budget_config, scaling_row
+from .scaling import ScalingProbe, budget_config, explain_ratio, scaling_row
 from .suite import Suite
 
 #: what identifies one budget's row: rerunning a budget replaces it
-EXTENDED_KEYS = ["backbone", "sampler", "arch", "n_images", "epochs", "windows_per_image", "augment", "seed"]
+EXTENDED_KEYS = ["backbone", "sampler", "arch", "n_images", "epochs", "windows_per_image", "augment", "depth",
+                 "embed_dim", "overrides", "seed"]
 
 
 def parse_budget(text: str, parts: int) -> tuple[int, ...]:
@@ -43,10 +52,37 @@ def parse_budget(text: str, parts: int) -> tuple[int, ...]:
     return out
 
 
-def extended_budgets(suite: Suite, dense: list[str], online: list[str], augment: str = "") -> list:
+def parse_overrides(items: list[str]) -> dict:
+    """``["embed_dim=96", "augment=none"]`` -> TVEConfig fields, typed as the field's default; a clear error
+    for an unknown field or a value of the wrong type."""
+    fields = {f.name: f for f in dataclasses.fields(TVEConfig)}
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--tve {item!r}: expected FIELD=VALUE with a TVEConfig field, one of: "
+                             f"{', '.join(fields)}")
+        default = fields[name].default
+        kind = type(default) if default is not None else int
+        try:
+            out[name] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+        except ValueError:
+            kinds = {int: "an integer", float: "a number"}
+            raise ValueError(f"--tve {item!r}: {name} takes {kinds.get(kind, kind.__name__)}") from None
+    return out
+
+
+def overrides_label(overrides: dict) -> str:
+    """How a row names its TVEConfig changes ("" for the profile's explainer)."""
+    return " ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+
+
+def extended_budgets(suite: Suite, dense: list[str], online: list[str], augment: str = "",
+                     overrides: dict | None = None) -> list:
     """The TVEConfigs of the requested budgets, as `scaling_budgets` builds the profile's own (``augment``:
-    another upstream augmentation than the profile's, `tve_lib.augment.AUGMENTS`)."""
-    base = suite.profile.tve
+    another upstream augmentation than the profile's, `tve_lib.augment.AUGMENTS`; ``overrides``: other
+    TVEConfig fields, `parse_overrides`)."""
+    base = dataclasses.replace(suite.profile.tve, **(overrides or {}))
     if augment:  # checked before the probe's exact windows and any training
         base = budget_config(base, augment=check_augment(augment))
     out = [budget_config(base, sampler="dense", n_images=n, epochs=e) for n, e in (parse_budget(d, 2) for d in dense)]
@@ -59,8 +95,8 @@ def extended_budgets(suite: Suite, dense: list[str], online: list[str], augment:
     return out
 
 
-def run_extended(suite: Suite, backbone: str, budgets: list, n_test_images: int | None = None
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_extended(suite: Suite, backbone: str, budgets: list, n_test_images: int | None = None,
+                 overrides: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Measure ``budgets`` on ``backbone`` and upsert their rows (see the module's docstring)."""
     n = n_test_images or suite.profile.scaling.n_test_images
     probe = ScalingProbe(suite, backbone, n, suite.tasks_of(backbone))
@@ -70,14 +106,18 @@ def run_extended(suite: Suite, backbone: str, budgets: list, n_test_images: int 
     rows, per = [], []
     for cfg in budgets:
         row, p = scaling_row(probe, cfg)
-        row = {**row, **where, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        ratio = explain_ratio(suite, backbone, suite.explainer(backbone, cfg), suite.profile.bench.task_batch_size)
+        label = overrides_label(overrides or {})
+        row = {**row, **where, "overrides": label, "ratio_to_inference": ratio,
+               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        p = p.assign(overrides=label, depth=cfg.depth, embed_dim=cfg.embed_dim)
         print(f"[{backbone}] {cfg.sampler} {row['n_images']} x {cfg.epochs}: {row['pretrain_seconds']:.0f} s, "
               f"Spearman {row['transfer_spearman']:.3f} (worst {row['transfer_spearman_min']:.3f}), "
-              f"overlap {row['topk_overlap']:.3f}", flush=True)
+              f"overlap {row['topk_overlap']:.3f}, {ratio:.2f}x inference {label}", flush=True)
         rows.append(upsert_csv(pd.DataFrame([row]), suite.path("tve", "scaling_extended.csv"), EXTENDED_KEYS))
         per.append(upsert_csv(p.assign(seed=suite.seed), suite.path("tve", "scaling_extended_settings.csv"),
-                              ["backbone", "sampler", "arch", "n_images", "epochs", "augment", "seed", "task",
-                               "head"]))
+                              ["backbone", "sampler", "arch", "n_images", "epochs", "augment", "depth",
+                               "embed_dim", "overrides", "seed", "task", "head"]))
     return (rows[-1], per[-1]) if rows else (pd.DataFrame(), pd.DataFrame())
 
 
@@ -90,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--test-images", type=int, default=0, help="test images per task (default: the profile's)")
     ap.add_argument("--augment", default="", help=f"upstream augmentation, one of {', '.join(AUGMENTS)} "
                                                   "(default: the profile's)")
+    ap.add_argument("--tve", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change a TVEConfig field for every budget (repeatable), e.g. embed_dim=96")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
@@ -105,10 +147,11 @@ def main(argv: list[str] | None = None) -> None:
     if a.backbone not in suite.backbone_names:
         ap.error(f"unknown backbone {a.backbone!r}; the {a.profile} profile has: {', '.join(suite.backbone_names)}")
     try:
-        budgets = extended_budgets(suite, a.dense, a.online, a.augment)
+        overrides = parse_overrides(a.tve)
+        budgets = extended_budgets(suite, a.dense, a.online, a.augment, overrides)
     except ValueError as e:
         ap.error(str(e))
-    run_extended(suite, a.backbone, budgets, a.test_images or None)
+    run_extended(suite, a.backbone, budgets, a.test_images or None, overrides)
 
 
 if __name__ == "__main__":
