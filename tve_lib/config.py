@@ -50,9 +50,9 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu", img_size=32, upstream="fashion_mnist", tasks=CPU_TASKS,
         backbones=_tiny_backbones(64, 4, 48), mean=FASHION_MEAN, std=FASHION_STD,
-        # dense budgets around the profile's (3000 images x 40 epochs): 1/30x of its training up to twice its
+        # dense budgets around the profile's (3000 images x 80 epochs): 1/32x of its training up to twice its
         # images and training (above the profile's budget); online (K = 1) from 1,000 image-steps to 32x that
-        scaling=ScalingConfig(dense=((250, 15), (500, 30), (1000, 45), (3000, 40), (6000, 40)),
+        scaling=ScalingConfig(dense=((250, 30), (500, 60), (1000, 90), (3000, 80), (6000, 80)),
                               online=((1000, 1, 1), (2000, 1, 1), (2000, 4, 1), (2000, 8, 1), (2000, 16, 1))),
     ),
     "smoke": Profile(
