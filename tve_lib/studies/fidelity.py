@@ -221,7 +221,7 @@ def run_task(suite: Suite, backbone: str, task: str, methods: Sequence[str] | No
             curves.append(c)
             summary.append(s_)
     pi = concat(per_image)
-    pi["image_id"] = idx[pi.image.to_numpy()].numpy()
+    pi["image_id"] = idx.cpu().numpy()[pi.image.to_numpy()]  # numpy indexing: pandas arrays are read-only
     say(f"[{backbone}/{task}] metrics: {time.time() - t0:.1f} s")
     ng = min(ev.n_gallery, len(x))
     return TaskResult(concat(curves), concat(summary), pd.DataFrame(timing), amort, pi, gallery,
