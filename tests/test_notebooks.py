@@ -1,8 +1,10 @@
 """Every notebook runs end to end with papermill in the smoke profile; assertions on its files."""
 
+import ast
 import json
 
 import pandas as pd
+import papermill
 import pytest
 
 from tve_lib import nbbuild, runner
@@ -51,6 +53,17 @@ def test_notebook_sources_are_built_and_stripped():
         assert all(not c["outputs"] and c["execution_count"] is None for c in code), nb.name
         src = "\n".join("".join(c["source"]) for c in code)
         assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src, nb.name
+
+
+def test_papermill_reads_every_parameter_of_every_notebook():
+    # papermill skips a parameter line it cannot parse (an "=" in its comment, say) with only a log warning:
+    # `papermill --help-notebook` then hides it from the user
+    for nb in runner.notebook_list():
+        cells = json.loads(nb.read_text())["cells"]
+        cell = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+        assigned = {t.id for node in ast.parse("".join(cell["source"])).body if isinstance(node, ast.Assign)
+                    for t in node.targets if isinstance(t, ast.Name)}
+        assert assigned and assigned == set(papermill.inspect_notebook(str(nb))), nb.name
 
 
 def test_every_notebook_ran_and_wrote_its_files(smoke_results):

@@ -36,7 +36,7 @@ WEIGHTS_DIR = ""
 RESULTS_DIR = "results"
 INTERACTIVE = False
 ABLATION_BACKBONES = ["vit"]
-SCALING_BACKBONES = []  # [] = the profile's scaling.backbones
+SCALING_BACKBONES = []  # empty: the profile's scaling.backbones
 
 # %%
 import time
