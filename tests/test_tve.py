@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from conftest import tiny_backbone
 
-from tve_lib.backbones import Backbone
+from tve_lib.backbones import Backbone, to_player_grid
 from tve_lib.config import TVEConfig
 from tve_lib.data import TensorImageSet
 from tve_lib.explainers import tve as tve_mod
@@ -141,6 +141,21 @@ def test_explain_shapes_batch_invariance_and_seed(name, arch):
     assert not torch.allclose(e1.explain(x, head, t), e1.explain(x, head, (t + 1) % 4))
     many = e1.explain_tasks(x, [head, head], [None, t])
     assert torch.equal(many[0], a) and torch.allclose(many[1], e1.explain(x, head, t))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_token_maps_on_the_player_grid_are_cell_means_or_bilinear_whatever_the_layout(seed):
+    g = torch.Generator().manual_seed(seed)
+    fine = torch.randn(3, 5, 12, 12, generator=g, dtype=torch.float64)
+    cells = fine.reshape(3, 5, 4, 3, 4, 3).mean((3, 5))  # each player's 3 x 3 tokens, averaged
+    torch.testing.assert_close(to_player_grid(fine, 4), cells)
+    coarse = torch.randn(3, 5, 2, 2, generator=g, dtype=torch.float64)
+    ref = torch.nn.functional.interpolate(coarse, size=(4, 4), mode="bilinear", align_corners=False)
+    nhwc_view = coarse.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # how timm's Swin returns maps
+    for m in (coarse, nhwc_view):
+        assert torch.equal(to_player_grid(m, 4), ref)
+    assert to_player_grid(ref, 4) is ref
+    torch.testing.assert_close(to_player_grid(torch.ones(1, 2, 8, 8), 4), torch.ones(1, 2, 4, 4))
 
 
 def test_trunk_is_initialised_from_the_backbone():

@@ -190,8 +190,8 @@ class Backbone(nn.Module):
         and ``g(x)`` ``[B, D]``.
 
         One pass through timm's ``forward_intermediates`` (NCHW maps, prefix tokens dropped, no
-        hard-coded reshape); maps coarser than the player grid (Swin's later stages) are resized
-        bilinearly to ``G x G`` and the layers are concatenated along channels.
+        hard-coded reshape); maps on another grid than the players' (Swin's stages) are brought to
+        ``G x G`` by `to_player_grid` and the layers are concatenated along channels.
         """
         self.check_input(x)
         if not hasattr(self.model, "forward_intermediates"):
@@ -202,9 +202,7 @@ class Backbone(nn.Module):
 
     def _player_tokens(self, x: torch.Tensor, n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
         final, maps = self._pass("tokens")(x, n_layers)
-        g = self.grid
-        maps = [m if m.shape[-2:] == (g, g) else
-                F.interpolate(m, size=(g, g), mode="bilinear", align_corners=False) for m in maps]
+        maps = [to_player_grid(m, self.grid) for m in maps]
         tokens = torch.cat(maps, 1).flatten(2).transpose(1, 2)
         return tokens, self.model.forward_head(final, pre_logits=True)
 
@@ -244,6 +242,20 @@ class Backbone(nn.Module):
     def embed_batched(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """`embed` over a large stack of images in chunks (no grad)."""
         return torch.cat([self.embed(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+
+
+def to_player_grid(m: torch.Tensor, grid: int) -> torch.Tensor:
+    """An NCHW token map on the ``grid x grid`` player grid: a coarser map (Swin's later stages) resized
+    bilinearly, a finer one (Swin's first stages at 224 px) averaged over each player's cell, so that every
+    token counts, where bilinear resizing would read a few of them (and runs ~10x slower on a GPU)."""
+    if m.shape[-2:] == (grid, grid):
+        return m
+    if m.shape[-2] >= grid and m.shape[-1] >= grid:
+        return F.adaptive_avg_pool2d(m, (grid, grid))
+    # channels-last: CUDA's NCHW bilinear kernel loops over batch x channels in each of the G² output
+    # threads (16 ms for Swin-B's last stage at batch 64 on an H200); the NHWC kernel spreads them
+    m = m.contiguous(memory_format=torch.channels_last)
+    return F.interpolate(m, size=(grid, grid), mode="bilinear", align_corners=False)
 
 
 def block_list(model: nn.Module) -> list[nn.Module]:
