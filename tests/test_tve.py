@@ -158,6 +158,20 @@ def test_token_maps_on_the_player_grid_are_cell_means_or_bilinear_whatever_the_l
     torch.testing.assert_close(to_player_grid(torch.ones(1, 2, 8, 8), 4), torch.ones(1, 2, 4, 4))
 
 
+def test_player_tokens_average_a_stage_finer_than_the_grid_and_say_so():
+    swin = tiny_backbone("swin")  # stages 8 x 8 and 4 x 4 on an 8 x 8 grid: none finer
+    coarse = Backbone(swin.model, "swin", swin.img_size, swin.mean.flatten().tolist(), swin.std.flatten().tolist(),
+                      max_grid=4)  # the same model on a 4 x 4 grid: its first stage is finer
+    assert (swin.grid, coarse.grid) == (8, 4)
+    assert not swin.finer_token_maps(2) and not tiny_backbone("vit").finer_token_maps(2)
+    assert coarse.finer_token_maps(2)
+    x = torch.randn(2, 3, swin.img_size, swin.img_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = swin.player_tokens(x, 2)[0][..., :32].transpose(1, 2).reshape(2, 32, 8, 8)
+        got = coarse.player_tokens(x, 2)[0][..., :32].transpose(1, 2).reshape(2, 32, 4, 4)
+    torch.testing.assert_close(got, first.reshape(2, 32, 4, 2, 4, 2).mean((3, 5)))
+
+
 def test_trunk_is_initialised_from_the_backbone():
     bb = tiny_backbone("vit")
     m = tve_mod.TVEModel(32, 8, bb.embed_dim, TVEConfig(arch="two", depth=2, embed_dim=bb.embed_dim, num_heads=1))

@@ -67,6 +67,7 @@ class Backbone(nn.Module):
         self._exact = 0  # depth of `full_precision` blocks
         self._eager = 0  # depth of `uncompiled` blocks
         self._compiled: dict[str, Callable] = {}  # lazily compiled passes (dropped on copy: `__getstate__`)
+        self._finer: dict[int, bool] = {}  # `finer_token_maps` per layer count
         self.window_cache = None  # an `ItemCache` of exact window embeddings (the Suite attaches one)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -199,6 +200,18 @@ class Backbone(nn.Module):
                             "the tapped TVE explainer needs a timm model that provides it")
         n_layers = min(n_layers, len(getattr(self.model, "feature_info", [])) or n_layers)  # Swin: 2 stages
         return self._amp(self._player_tokens, x, n_layers)
+
+    def finer_token_maps(self, n_layers: int) -> bool:
+        """Whether one of the last ``n_layers`` token maps is finer than the player grid (Swin's first stages
+        at 224 px), i.e. `to_player_grid` averages it: stores and explainers built on such tokens are keyed so
+        (a blank one-image pass, once per ``n_layers``)."""
+        n_layers = min(n_layers, len(getattr(self.model, "feature_info", [])) or n_layers)
+        if n_layers not in self._finer:
+            blank = torch.zeros(1, 3, self.img_size, self.img_size, device=self.mean.device, dtype=self.mean.dtype)
+            with torch.no_grad():
+                maps = self._pass("tokens")(blank, n_layers)[1]
+            self._finer[n_layers] = any(m.shape[-1] > self.grid for m in maps)
+        return self._finer[n_layers]
 
     def _player_tokens(self, x: torch.Tensor, n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
         final, maps = self._pass("tokens")(x, n_layers)

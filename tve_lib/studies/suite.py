@@ -241,7 +241,10 @@ class Suite:
 
     def tve_checkpoint(self, backbone: str, cfg=None) -> Path:
         cfg = cfg or self.profile.tve
-        return self.ckpt_dir / f"tve_{backbone}_{digest(cfg, self._bb_key(backbone))}.pt"
+        parts = (cfg, self._bb_key(backbone))
+        if cfg.arch == "tapped" and self.backbone(backbone).finer_token_maps(cfg.tap_layers):
+            parts += ("finer_maps:cell_mean",)  # tokens averaged, not resized bilinearly, since 2d904dc
+        return self.ckpt_dir / f"tve_{backbone}_{digest(*parts)}.pt"
 
     def explainer(self, backbone: str, cfg=None, train_subset: float = 1.0, **transfer) -> TVE:
         """The pre-trained TVE explainer of ``backbone`` (pre-trained on upstream once, cached).
