@@ -198,14 +198,16 @@ class Backbone(nn.Module):
         if not hasattr(self.model, "forward_intermediates"):
             raise TypeError(f"{self.name}: {type(self.model).__name__} has no forward_intermediates; "
                             "the tapped TVE explainer needs a timm model that provides it")
-        n_layers = min(n_layers, len(getattr(self.model, "feature_info", [])) or n_layers)  # Swin: 2 stages
-        return self._amp(self._player_tokens, x, n_layers)
+        return self._amp(self._player_tokens, x, self._tap_count(n_layers))
+
+    def _tap_count(self, n_layers: int) -> int:
+        return min(n_layers, len(getattr(self.model, "feature_info", [])) or n_layers)  # Swin: its stages
 
     def finer_token_maps(self, n_layers: int) -> bool:
         """Whether one of the last ``n_layers`` token maps is finer than the player grid (Swin's first stages
         at 224 px), i.e. `to_player_grid` averages it: stores and explainers built on such tokens are keyed so
         (a blank one-image pass, once per ``n_layers``)."""
-        n_layers = min(n_layers, len(getattr(self.model, "feature_info", [])) or n_layers)
+        n_layers = self._tap_count(n_layers)
         if n_layers not in self._finer:
             blank = torch.zeros(1, 3, self.img_size, self.img_size, device=self.mean.device, dtype=self.mean.dtype)
             with torch.no_grad():
