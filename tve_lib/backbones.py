@@ -215,6 +215,11 @@ class Backbone(nn.Module):
             self._finer[n_layers] = any(m.shape[-1] > self.grid for m in maps)
         return self._finer[n_layers]
 
+    def token_key(self, n_layers: int) -> dict[str, str]:
+        """What a store or explainer built on `player_tokens` adds to its cache key: the cell-mean rule when a map
+        is finer than the grid (it replaced bilinear resizing), nothing otherwise (keys made before it hold)."""
+        return {"finer_maps": "cell_mean"} if self.finer_token_maps(n_layers) else {}
+
     def _player_tokens(self, x: torch.Tensor, n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
         final, maps = self._pass("tokens")(x, n_layers)
         maps = [to_player_grid(m, self.grid) for m in maps]

@@ -204,10 +204,9 @@ def token_store(bb: Backbone, train: ImageSet, root: Path, seed: int, cfg, batch
     """The store of the tapped explainer's inputs ``[P, C]`` (`tve_model.tapped_inputs`)."""
     from .tve_model import tapped_inputs
 
-    finer = {"finer_maps": "cell_mean"} if bb.finer_token_maps(cfg.tap_layers) else {}  # other keys unchanged
-    store = TargetStore(root, "tokens", _store_key(bb, train, seed, tap_layers=cfg.tap_layers,
-                                                   tap_pixels=cfg.tap_pixels, dtype=cfg.target_dtype, **finer),
-                        upstream_order(train, seed))
+    key = _store_key(bb, train, seed, tap_layers=cfg.tap_layers, tap_pixels=cfg.tap_pixels, dtype=cfg.target_dtype,
+                     **bb.token_key(cfg.tap_layers))
+    store = TargetStore(root, "tokens", key, upstream_order(train, seed))
     dev, dt = bb.mean.device, DTYPES[cfg.target_dtype]
 
     def compute(ids: torch.Tensor) -> dict[str, torch.Tensor]:

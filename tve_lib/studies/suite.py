@@ -241,9 +241,8 @@ class Suite:
 
     def tve_checkpoint(self, backbone: str, cfg=None) -> Path:
         cfg = cfg or self.profile.tve
-        parts = (cfg, self._bb_key(backbone))
-        if cfg.arch == "tapped" and self.backbone(backbone).finer_token_maps(cfg.tap_layers):
-            parts += ("finer_maps:cell_mean",)  # tokens averaged, not resized bilinearly, since 2d904dc
+        tokens = self.backbone(backbone).token_key(cfg.tap_layers) if cfg.arch == "tapped" else {}
+        parts = (cfg, self._bb_key(backbone), *tokens.items())  # no tokens item wherever the key predates the rule
         return self.ckpt_dir / f"tve_{backbone}_{digest(*parts)}.pt"
 
     def explainer(self, backbone: str, cfg=None, train_subset: float = 1.0, **transfer) -> TVE:
