@@ -5,8 +5,9 @@ import json
 import pandas as pd
 
 from tve_lib.report.claims import HELDOUT_RATIO_OK, SPEARMAN_OK
-from tve_lib.report.findings import pretrain_finding, scaling_finding, transfer_finding
+from tve_lib.report.findings import branch_finding, pretrain_finding, scaling_finding, transfer_finding
 from tve_lib.report.readme import BEGIN, END, update_readme
+from tve_lib.report.tables import branch_table, transfer_summary
 
 
 def _summary(values):
@@ -20,6 +21,24 @@ def test_transfer_finding_follows_the_numbers():
     bad = transfer_finding(_summary([0.9, 0.95, SPEARMAN_OK - 0.01]))
     assert "3/3" in good and "**missed**" not in good.split("Mean top")[0]
     assert "2/3" in bad and "**missed**" in bad and "vit/b/linear" in bad
+
+
+def test_branch_finding_and_summary_follow_the_per_image_numbers():
+    # three settings; per image: TVE, exact keep (remove's error only), exact remove (keep's error only)
+    vals = {("a", "linear"): (0.80, 0.82, 0.97), ("a", "mlp"): (0.70, 0.74, 0.99), ("b", "linear"): (0.90, 0.98, 0.91)}
+    err = pd.DataFrame([dict(rule="whole_head", backbone="vit", task=t, head=h, image_id=i, spearman=v[0] + d,
+                             topk_overlap=0.7, spearman_exact_keep=v[1] + d, spearman_exact_remove=v[2] + d)
+                        for (t, h), v in vals.items() for i, d in enumerate((-0.01, 0.0, 0.01))])
+    summary = transfer_summary(err)
+    assert summary.set_index(["task", "head"]).median_spearman_exact_remove[("a", "mlp")] == 0.99
+    f = branch_finding(summary)
+    assert "exact in 2/3 settings" in f  # a/linear and a/mlp gain more from an exact remove branch
+    assert "0.74–0.98, ≥ 0.85 in 1/3" in f and "0.91–0.99, ≥ 0.85 in 3/3" in f
+    assert "vit/a/mlp: 0.70; exact keep 0.74, exact remove 0.99" in f
+    long = branch_table(summary)
+    assert len(long) == 9 and long.groupby("map")["median Spearman"].max().round(2).to_dict() == {
+        "TVE": 0.9, "exact keep: remove branch's error only": 0.98, "exact remove: keep branch's error only": 0.99}
+    assert branch_finding(_summary([0.9, 0.9, 0.9])) == ""  # a table without the branch columns
 
 
 def test_pretrain_finding_reports_time_and_ratio():

@@ -97,9 +97,13 @@ def test_tve_outputs(smoke_results):
     err = pd.read_csv(smoke_results / "tve" / "transfer_error.csv")
     assert err.spearman.between(-1, 1).all() and err.topk_overlap.between(0, 1).all()
     assert set(err.rule) == {"whole_head", "last_layer"}
+    # which branch the error comes from: the same maps with one branch exact, a summary column each
+    assert err[["spearman_exact_keep", "spearman_exact_remove"]].stack().between(-1, 1).all()
+    summary = pd.read_csv(smoke_results / "tve" / "transfer_error_summary.csv")
+    assert {"median_spearman_exact_keep", "median_spearman_exact_remove"} <= set(summary.columns)
     assert (smoke_results / "tve" / "run.json").exists()
     # the walkthroughs of 01 and 02 (issue: step through the method), saved statically when not interactive
-    for fig in ("01_walkthrough_window", "01_walkthrough_live", "02_transfer_by_hand"):
+    for fig in ("01_walkthrough_window", "01_walkthrough_live", "02_transfer_by_hand", "02_transfer_branches"):
         assert (smoke_results / "figures" / f"{fig}.png").exists(), fig
 
 

@@ -95,6 +95,41 @@ def test_transfer_rule_on_exact_phi_equals_brute_force(kind, seed):
         assert torch.allclose(keep + rem, full + empty, atol=1e-10)
 
 
+class OneBranchOff(ExactPhi):
+    """Exact window embeddings with one branch perturbed: the transfer error is that branch's alone."""
+
+    def __init__(self, bb, radius, branch: int):
+        super().__init__(bb, radius)
+        self.branch = branch
+
+    def forward(self, x, base=None):
+        phi = list(super().forward(x, base))
+        noise = torch.randn(phi[0].shape, generator=torch.Generator().manual_seed(0), dtype=phi[0].dtype)
+        phi[self.branch] = phi[self.branch] + noise * phi[self.branch].std()
+        return tuple(phi)
+
+
+@pytest.mark.parametrize("branch", [0, 1])
+def test_transfer_error_says_which_branch_the_error_comes_from(branch):
+    from tve_lib.studies.transfer import transfer_error
+    bb = linear_backbone(0)
+    torch.manual_seed(0)
+    heads = {k: make_head(k, bb.embed_dim, 3).double() for k in ("linear", "mlp")}
+    ds = TensorImageSet("t", torch.rand(6, 3, 16, 16, dtype=torch.float64), torch.zeros(6), ["c"])
+    exact = transfer_error(tve_mod.TVE(bb, ExactPhi(bb, 1), radius=1), heads, ds, 6, batch_size=4,
+                           masked_batch_size=64, progress=False)
+    assert len(exact) == 6 * 3 and exact.image_id.nunique() == 6  # two heads, the MLP's under both rules
+    whole = exact[exact.rule == "whole_head"]
+    assert (whole[["spearman", "spearman_exact_keep", "spearman_exact_remove"]] > 1 - 1e-9).all().all()
+    err = transfer_error(tve_mod.TVE(bb, OneBranchOff(bb, 1, branch), radius=1), heads, ds, 6, batch_size=4,
+                         masked_batch_size=64, progress=False)
+    err = err[err.rule == "whole_head"]
+    fixed, other = ("spearman_exact_keep", "spearman_exact_remove")[::1 if branch == 0 else -1]
+    assert (err[fixed] > 1 - 1e-9).all()  # the perturbed branch made exact: the map is exact again
+    assert torch.allclose(torch.tensor(err[other].values), torch.tensor(err.spearman.values))  # already exact
+    assert (err.spearman < 0.99).any()
+
+
 def test_whole_head_differs_from_last_layer_only_for_mlp():
     bb = linear_backbone(0)
     torch.manual_seed(0)

@@ -38,8 +38,9 @@ from tve_lib.explainers.tve import window_occlusion
 from tve_lib.gallery import attribution_gallery
 from tve_lib.io import write_csv
 from tve_lib.report.figures import SPEARMAN_OK
-from tve_lib.report.findings import transfer_finding
+from tve_lib.report.findings import branch_finding, transfer_finding
 from tve_lib.report.plots import savefig
+from tve_lib.report.tables import branch_table, transfer_summary
 from tve_lib.studies.transfer import transfer_error
 from tve_lib.studies.walkthrough import map_pair_figure, transfer_by_hand, walk_player
 
@@ -98,9 +99,7 @@ for b, t in suite.pairs():
                                  seed=SEED, backbone=b, task=t, masked_batch_size=ev.masked_batch_size))
 err = pd.concat(frames, ignore_index=True)
 write_csv(err, suite.path("tve", "transfer_error.csv"))
-summary = (err.groupby(["rule", "backbone", "task", "head"])
-           .agg(median_spearman=("spearman", "median"), mean_topk_overlap=("topk_overlap", "mean"),
-                n_images=("image_id", "nunique")).reset_index())
+summary = transfer_summary(err)
 write_csv(summary, suite.path("tve", "transfer_error_summary.csv"))
 display(summary[summary.rule == "whole_head"].pivot_table(index=["task", "head"], columns="backbone",
                                                           values="median_spearman"))
@@ -113,6 +112,20 @@ savefig(g.figure, suite.path("figures", "02_transfer_error"))
 
 # %%
 display(Markdown(transfer_finding(summary)))
+
+# %% [markdown]
+# ## Which branch the error comes from
+# Each window's attribution reads two predicted embeddings: `Φ⁺` (the window alone) and `Φ⁻` (the image
+# without it). Replacing one of them by the exact embedding, which the brute-force reference computed anyway,
+# leaves only the other branch's error: the branch whose exact replacement gains more is where the transfer
+# error comes from, and where a better explainer has to improve.
+
+# %%
+g = sns.catplot(data=branch_table(summary), x="task", y="median Spearman", hue="map", col="head", row="backbone",
+                kind="point", height=2.6, aspect=1.9, linestyles="none", dodge=0.3)
+g.refline(y=SPEARMAN_OK, ls="--", c="gray")
+savefig(g.figure, suite.path("figures", "02_transfer_branches"))
+display(Markdown(branch_finding(summary)))
 
 # %% [markdown]
 # ## Whole head vs the official last-layer rule (MLP heads)

@@ -86,23 +86,38 @@ class TVE(Explainer):
         return TVE(self.backbone, self.model, self.radius, **args)
 
     @torch.no_grad()
+    def window_predictions(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(Φ⁺, Φ⁻, g(x))``: the predicted window embeddings ``[B, G², D]`` of both branches and the
+        full-image embedding ``[B, D]``; every head's map is read from them (`map_from`)."""
+        self.backbone.check_input(images)
+        inputs, emb = self.model.prepare(self.backbone, images)
+        phi_k, phi_r = explainer_forward(self.model, self.backbone, inputs, emb)
+        return phi_k, phi_r, emb
+
+    def map_from(self, phi_k: torch.Tensor, phi_r: torch.Tensor, head: nn.Module, target: torch.Tensor
+                 ) -> torch.Tensor:
+        """The ``[B, G, G]`` map of window embeddings ``Φ±`` for ``head`` and class ``target``, under this
+        explainer's transfer settings (λ±, last-layer rule, pooling). Also takes exact embeddings, so a
+        map can mix one predicted branch with the exact other (`tve_lib.studies.transfer`)."""
+        check_head(head, self.backbone.embed_dim)
+        h = last_linear(head) if self.last_layer_only else head
+        if self.last_layer_only and h.in_features != phi_k.shape[-1]:
+            raise ValueError(f"last_layer_only: the head's last layer takes {h.in_features} inputs, "
+                             f"Φ has {phi_k.shape[-1]}; it is only defined when they agree")
+        a = transfer_rule(phi_k, phi_r, h, target, self.lam_plus, self.lam_minus).view(-1, self.grid, self.grid)
+        return pool_map(a, self.radius) if self.pool else a
+
+    @torch.no_grad()
     def explain_tasks(self, images: torch.Tensor, heads: list[nn.Module],
                       targets: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
         """Explain several heads at once: ψ and g run once, only the heads repeat."""
-        self.backbone.check_input(images)
         targets = targets or [None] * len(heads)
-        inputs, emb = self.model.prepare(self.backbone, images)
-        phi_k, phi_r = explainer_forward(self.model, self.backbone, inputs, emb)
-        g, out = self.grid, []
+        phi_k, phi_r, emb = self.window_predictions(images)
+        out = []
         for head, t in zip(heads, targets):
             check_head(head, self.backbone.embed_dim)
             t = head_logits(head, emb).argmax(-1) if t is None else self.resolve_target(images, head, t)
-            h = last_linear(head) if self.last_layer_only else head
-            if self.last_layer_only and h.in_features != phi_k.shape[-1]:
-                raise ValueError(f"last_layer_only: the head's last layer takes {h.in_features} inputs, "
-                                 f"Φ has {phi_k.shape[-1]}; it is only defined when they agree")
-            a = transfer_rule(phi_k, phi_r, h, t, self.lam_plus, self.lam_minus).view(-1, g, g)
-            out.append(pool_map(a, self.radius) if self.pool else a)
+            out.append(self.map_from(phi_k, phi_r, head, t))
         return out
 
     def explain(self, images: torch.Tensor, head: nn.Module,

@@ -65,6 +65,25 @@ def transfer_finding(summary: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
+def branch_finding(summary: pd.DataFrame) -> str:
+    """Notebook 02: which of TVE's two branches the transfer error comes from (whole-head rule): each
+    setting's median Spearman with the keep branch made exact, and with the remove branch made exact."""
+    s = summary[summary.rule == "whole_head"] if "rule" in summary else summary
+    if "median_spearman_exact_keep" not in s:
+        return ""
+    k, r, tve = s.median_spearman_exact_keep, s.median_spearman_exact_remove, s.median_spearman
+    remove_more = int((r - tve > k - tve).sum())  # settings where the remove branch's error costs more
+    worst = s.loc[tve.idxmin()]
+    return (f"**Which branch (this run).** With TVE's keep branch replaced by the exact one (so only the remove "
+            f"branch's error is left) the median Spearman is {_range(k)}, ≥ {SPEARMAN_OK:g} in "
+            f"{int((k >= SPEARMAN_OK).sum())}/{len(s)} settings; with its remove branch replaced (only the keep "
+            f"branch's error left) it is {_range(r)}, ≥ {SPEARMAN_OK:g} in {int((r >= SPEARMAN_OK).sum())}/{len(s)}; "
+            f"TVE itself {_range(tve)}. Making the remove branch exact gains more than making the keep branch "
+            f"exact in {remove_more}/{len(s)} settings. The weakest setting, "
+            f"{worst.backbone}/{worst.task}/{worst['head']}: {worst.median_spearman:.2f}; exact keep "
+            f"{worst.median_spearman_exact_keep:.2f}, exact remove {worst.median_spearman_exact_remove:.2f}.")
+
+
 def scaling_finding(scaling: pd.DataFrame, profile_images: int, profile_epochs: int) -> str:
     """Notebook 03b: the measured curve, and the smallest measured budget meeting each target."""
     out = []

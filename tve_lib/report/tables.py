@@ -66,3 +66,26 @@ def ltx_rows(summary: pd.DataFrame) -> pd.DataFrame:
 def _throughput(t: dict[str, pd.DataFrame]) -> pd.DataFrame:
     (tp,) = need(t, "throughput")
     return throughput_frame(tp, threads=0)  # a written CSV has its threads
+
+
+def transfer_summary(err: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 02's ``transfer_error_summary.csv`` from its per-image ``transfer_error.csv``: per rule, backbone,
+    task and head the median Spearman and mean top-10 % overlap, and (where the per-image table has them) the
+    median Spearman with the keep or the remove branch made exact (`tve_lib.studies.transfer.transfer_error`)."""
+    aggs = dict(median_spearman=("spearman", "median"), mean_topk_overlap=("topk_overlap", "mean"),
+                n_images=("image_id", "nunique"))
+    aggs |= {f"median_{c}": (c, "median") for c in ("spearman_exact_keep", "spearman_exact_remove") if c in err}
+    return err.groupby(["rule", "backbone", "task", "head"]).agg(**aggs).reset_index()
+
+
+BRANCH_MAPS = {"median_spearman": "TVE", "median_spearman_exact_keep": "exact keep: remove branch's error only",
+               "median_spearman_exact_remove": "exact remove: keep branch's error only"}
+
+
+def branch_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """`transfer_summary`'s whole-head rows in long form, one row per setting and map (`BRANCH_MAPS`):
+    TVE's median Spearman beside the ones with one branch made exact (column ``median Spearman``)."""
+    s = summary[summary.rule == "whole_head"]
+    long = s.melt(id_vars=["backbone", "task", "head"], value_vars=list(BRANCH_MAPS), var_name="map",
+                  value_name="median Spearman")
+    return long.assign(map=long["map"].map(BRANCH_MAPS))

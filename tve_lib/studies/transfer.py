@@ -38,7 +38,9 @@ def transfer_error(explainer: TVE, heads: dict[str, nn.Module], ds: ImageSet, n_
     window embeddings (2·G² backbone passes per image) are computed once and shared by all
     heads. Both the whole-head rule (this suite) and the last-layer-only rule (the official
     code) are scored where the latter is defined. Returns rows ``backbone, task, head,
-    image_id, spearman, topk_overlap, seed, rule``.
+    image_id, spearman, topk_overlap, seed, rule``, and which branch the error comes from:
+    ``spearman_exact_keep`` scores the map with TVE's keep branch replaced by the exact one (what is
+    left is the remove branch's error), ``spearman_exact_remove`` the map with the exact remove branch.
     """
     bb = explainer.backbone
     device = bb.mean.device
@@ -50,7 +52,8 @@ def transfer_error(explainer: TVE, heads: dict[str, nn.Module], ds: ImageSet, n_
         ids = idx[s:s + batch_size]
         x = bb.normalize(ds.get(ids)[0].to(device))
         ek, er = exact_window_embeddings(bb, x, explainer.radius, masked_batch_size)  # fp32, the reference
-        emb = bb.embed(x)
+        pk, pr, _ = explainer.window_predictions(x)
+        emb = bb.embed(x)  # the class explained: the backbone's own prediction, as the exact map's
         for kind, head in heads.items():
             y = head_logits(head, emb).argmax(-1)
             exact = transfer_rule(ek, er, head, y).view(len(x), bb.grid, bb.grid)
@@ -58,9 +61,12 @@ def transfer_error(explainer: TVE, heads: dict[str, nn.Module], ds: ImageSet, n_
             if kind != "linear":
                 rules["last_layer"] = last
             for rule, ex in rules.items():
-                a = ex.explain(x, head, y)
-                for i, sp, ov in zip(ids.tolist(), spearman(a, exact).tolist(),
-                                     topk_overlap(a, exact, topk).tolist()):
+                a = ex.map_from(pk, pr, head, y)
+                scores = zip(spearman(a, exact).tolist(), topk_overlap(a, exact, topk).tolist(),
+                             spearman(ex.map_from(ek, pr, head, y), exact).tolist(),
+                             spearman(ex.map_from(pk, er, head, y), exact).tolist())
+                for i, (sp, ov, sp_k, sp_r) in zip(ids.tolist(), scores):
                     rows.append({"backbone": backbone, "task": task, "head": kind, "image_id": i,
-                                 "spearman": sp, "topk_overlap": ov, "seed": seed, "rule": rule})
+                                 "spearman": sp, "topk_overlap": ov, "seed": seed, "rule": rule,
+                                 "spearman_exact_keep": sp_k, "spearman_exact_remove": sp_r})
     return pd.DataFrame(rows)
