@@ -156,7 +156,7 @@ def test_lambdas_and_pooling():
 
 
 @pytest.mark.parametrize("name", ["vit", "deit", "swin"])
-@pytest.mark.parametrize("arch", ["shared", "two", "tapped"])
+@pytest.mark.parametrize("arch", tve_mod.ARCHS)
 def test_explain_shapes_batch_invariance_and_seed(name, arch):
     bb = tiny_backbone(name)
     cfg = TVEConfig(arch=arch, depth=1, embed_dim=32, mix_hidden=32)
@@ -207,6 +207,26 @@ def test_player_tokens_average_a_stage_finer_than_the_grid_and_say_so():
     torch.testing.assert_close(got, first.reshape(2, 32, 4, 2, 4, 2).mean((3, 5)))
 
 
+def test_tapped_global_reads_the_full_image_embedding_and_is_tapped_otherwise():
+    bb = tiny_backbone("vit")
+    cfg = TVEConfig(arch="tapped", depth=1, embed_dim=32, mix_hidden=32)
+    torch.manual_seed(3)
+    plain = tve_mod.build_explainer(bb, cfg)
+    torch.manual_seed(3)
+    glob = tve_mod.build_explainer(bb, dataclasses.replace(cfg, arch="tapped_global"))
+    own = {k: v for k, v in glob.state_dict().items() if not k.startswith("global_proj.")}
+    assert own.keys() == plain.state_dict().keys()  # one module more, created last: the rest initialised alike
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in own.items())
+    x = torch.randn(3, 3, 32, 32)
+    tokens, base = glob.prepare(bb, x)
+    with torch.no_grad():
+        k1, r1 = glob(tokens, base)
+        k2, r2 = glob(tokens, base + 1.0)  # another g(x): the blocks read it
+        assert not torch.allclose(k1, k2) and not torch.allclose(r1 - base.unsqueeze(1), r2 - base.unsqueeze(1) - 1.0)
+    with pytest.raises(ValueError, match="needs base"):
+        glob(tokens, None)
+
+
 def test_trunk_is_initialised_from_the_backbone():
     bb = tiny_backbone("vit")
     m = tve_mod.TVEModel(32, 8, bb.embed_dim, TVEConfig(arch="two", depth=2, embed_dim=bb.embed_dim, num_heads=1))
@@ -229,7 +249,8 @@ def _data(seed: int = 0):
             TensorImageSet("s", imgs[32:], torch.zeros(16), ["x"]))
 
 
-@pytest.mark.parametrize("arch,sampler", [("two", "online"), ("tapped", "online"), ("tapped", "dense")])
+@pytest.mark.parametrize("arch,sampler", [("two", "online"), ("tapped", "online"), ("tapped", "dense"),
+                                         ("tapped_global", "dense")])
 def test_pretraining_reduces_the_loss_and_is_deterministic(tmp_path, arch, sampler):
     bb = tiny_backbone("vit")
     train, val = _data()
@@ -285,7 +306,7 @@ def _torchrun(n: int, out: Path, arch: str = "two", sampler: str = "online", dat
 
 
 @pytest.mark.parametrize("arch,sampler,data", [("two", "online", "tensors"), ("tapped", "dense", "tensors"),
-                                               ("tapped", "online", "files")])
+                                               ("tapped", "online", "files"), ("tapped_global", "dense", "tensors")])
 def test_ddp_two_processes_match_one_process(tmp_path, arch, sampler, data):
     """gloo, 2 CPU processes vs 1 with the same global batch.
 

@@ -48,6 +48,7 @@ class TVEConfig:
     docs/benchmarks.md): the tapped explainer on dense, stored targets of augmented upstream images."""
 
     # "tapped": a few blocks on the frozen backbone's own tokens (explaining costs ~one inference);
+    # "tapped_global": the same blocks also attend to g(x), the full-image embedding, as one more token;
     # "two": independent ViT trunks (the official shape); "shared": one trunk, two heads
     arch: str = "tapped"
     # width 64 (the cpu backbones' own; channel MLP 256 as before) at twice the epochs matched width 128 at

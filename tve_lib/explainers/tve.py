@@ -22,6 +22,7 @@ from .base import Explainer
 from .registry import register_explainer
 from .tve_model import (
     ARCHS,
+    TAPPED_ARCHS,
     MixHead,
     TappedModel,
     Trunk,
@@ -33,8 +34,9 @@ from .tve_model import (
 )
 from .tve_targets import all_window_embeddings, exact_window_embeddings, window_targets
 
-__all__ = ["ARCHS", "MixHead", "TappedModel", "TVEModel", "Trunk", "build_explainer", "explainer_forward",
-           "load_explainer", "restore_explainer", "TVE", "all_window_embeddings", "exact_window_embeddings",
+__all__ = ["ARCHS", "TAPPED_ARCHS", "MixHead", "TappedModel", "TVEModel", "Trunk", "build_explainer",
+           "explainer_forward", "load_explainer", "restore_explainer", "TVE", "all_window_embeddings",
+           "exact_window_embeddings",
            "heldout_losses", "pretrain",
            "transfer_rule", "window_occlusion", "window_targets"]
 

@@ -1,6 +1,6 @@
 """TVE explainer networks ``ψ(x) = (Φ⁺(x), Φ⁻(x))``, each ``[B, G², D]`` (docs/method.md §1).
 
-Three shapes (suite choice, ``TVEConfig.arch``):
+Four shapes (suite choice, ``TVEConfig.arch``):
 
 * ``"two"``: two independent ViT trunks on the player grid, each with a token/channel-mixing head
   (the official shape, with smaller trunks);
@@ -9,6 +9,9 @@ Three shapes (suite choice, ``TVEConfig.arch``):
   ``forward_intermediates``, resized to the player grid by `Backbone.player_tokens`) feed a few
   transformer blocks and the two heads. Explaining then costs about one backbone inference, and
   during dense pre-training the tokens are a fixed function of the image, so they are computed once.
+* ``"tapped_global"``: ``"tapped"`` whose blocks also attend to one more token, the full-image embedding
+  ``g(x)``: the image without a window is a global function of the image, and the remove branch is where
+  the transfer error is (docs/benchmarks.md, "Which branch the transfer error comes from").
 
 Every model takes its input through ``prepare(backbone, x) -> (inputs, base)``: images for the
 trunk shapes, tapped tokens for ``"tapped"``; ``base`` is the full-image embedding ``g(x)`` that the
@@ -28,7 +31,8 @@ from torch import nn
 from ..config import TVEConfig
 from ..io import load_torch
 
-ARCHS = ("two", "shared", "tapped")
+ARCHS = ("two", "shared", "tapped", "tapped_global")
+TAPPED_ARCHS = ("tapped", "tapped_global")  # the shapes that read the backbone's tokens (`TappedModel`)
 
 
 class MixHead(nn.Module):
@@ -116,7 +120,8 @@ class TVEModel(_Heads):
 
 
 class TappedModel(_Heads):
-    """Shape ``"tapped"``: the backbone's own player tokens ``[B, G², C]`` -> ``(Φ⁺, Φ⁻)``."""
+    """Shapes ``"tapped"`` and ``"tapped_global"``: the backbone's own player tokens ``[B, G², C]`` (and, for
+    ``"tapped_global"``, ``g(x)`` as one more token of the blocks) -> ``(Φ⁺, Φ⁻)``."""
 
     tapped = True
 
@@ -130,6 +135,9 @@ class TappedModel(_Heads):
         self.blocks = nn.Sequential(*[Block(d, cfg.num_heads) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(d)
         self._init_heads(n, d, embed_dim, cfg)
+        # created last, so the other parameters are initialised as in "tapped" for the same seed
+        self.global_proj = (nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, d))
+                            if cfg.arch == "tapped_global" else None)
 
     def prepare(self, backbone, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens, g(x))`` from one backbone pass."""
@@ -140,7 +148,13 @@ class TappedModel(_Heads):
         return tokens, base
 
     def forward(self, tokens: torch.Tensor, base: torch.Tensor | None = None):
-        t = self.norm(self.blocks(self.proj(tokens) + self.pos))
+        t = self.proj(tokens) + self.pos
+        if self.global_proj is None:
+            t = self.norm(self.blocks(t))
+        else:
+            if base is None:
+                raise ValueError("a tapped_global TVE model needs base = g(x), the full-image embedding")
+            t = self.norm(self.blocks(torch.cat([self.global_proj(base).unsqueeze(1), t], 1)))[:, 1:]
         return self._out(t, t, base)
 
 
@@ -175,7 +189,7 @@ def build_explainer(backbone, cfg: TVEConfig) -> nn.Module:
     """A TVE model of shape ``cfg.arch`` for ``backbone`` (trunks initialised from it when asked)."""
     if cfg.arch not in ARCHS:
         raise ValueError(f"unknown TVE arch {cfg.arch!r}; expected one of: {', '.join(ARCHS)}")
-    if cfg.arch == "tapped":
+    if cfg.arch in TAPPED_ARCHS:
         with torch.no_grad():
             blank = torch.zeros(1, 3, backbone.img_size, backbone.img_size, device=backbone.mean.device,
                                 dtype=backbone.mean.dtype)

@@ -27,6 +27,7 @@ import torch
 from .. import metrics as M
 from ..cache import digest
 from ..config import Profile, TVEConfig
+from ..explainers.tve_model import ARCHS, TAPPED_ARCHS
 from ..heads import HEAD_KINDS, check_head, head_logits
 from ..masking import default_radius
 from ..schema import SUMMARY_COLUMNS
@@ -75,7 +76,7 @@ def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
           Variant("head", "whole head (ref)", ref),
           Variant("head", "last layer only", ref, transfer={"last_layer_only": True})]
     v += [Variant("explainer", f"{a}" + (" (ref)" if a == ref.arch else ""), dataclasses.replace(ref, arch=a))
-          for a in ("tapped", "two", "shared")]
+          for a in ARCHS]
     v += [Variant("depth", f"depth {d}" + (" (ref)" if d == d0 else ""), dataclasses.replace(ref, depth=d))
           for d in sorted({max(1, d0 // 2), d0, 2 * d0})]
     other_aug = "none" if ref.augment != "none" else "composite"
@@ -89,7 +90,7 @@ def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
     other_dims = "whitened" if ref.loss_dims == "plain" else "plain"
     v += [Variant("loss dimensions", f"{ref.loss_dims} (ref)", ref),
           Variant("loss dimensions", other_dims, dataclasses.replace(ref, loss_dims=other_dims))]
-    if ref.arch == "tapped":
+    if ref.arch in TAPPED_ARCHS:
         v += [Variant("tapped inputs", "tokens + pixels (ref)" if ref.tap_pixels else "tokens (ref)", ref),
               Variant("tapped inputs", "tokens only" if ref.tap_pixels else "tokens + pixels",
                       dataclasses.replace(ref, tap_pixels=not ref.tap_pixels))]

@@ -25,6 +25,7 @@ from ..cache import ItemCache, cached, digest, file_safe, load_or_train
 from ..config import Profile, env_overrides, get_profile
 from ..explainers import explainer_class, make_explainer
 from ..explainers.base import Explainer
+from ..explainers.tve_model import TAPPED_ARCHS
 from ..heads import HEAD_KINDS, head_accuracy, train_head
 from ..io import load_torch, provenance, write_csv, write_json
 from ..precision import amp_dtype_for, dtype_name
@@ -241,7 +242,7 @@ class Suite:
 
     def tve_checkpoint(self, backbone: str, cfg=None) -> Path:
         cfg = cfg or self.profile.tve
-        tokens = self.backbone(backbone).token_key(cfg.tap_layers) if cfg.arch == "tapped" else {}
+        tokens = self.backbone(backbone).token_key(cfg.tap_layers) if cfg.arch in TAPPED_ARCHS else {}
         parts = (cfg, self._bb_key(backbone), *tokens.items())  # no tokens item wherever the key predates the rule
         return self.ckpt_dir / f"tve_{backbone}_{digest(*parts)}.pt"
 
