@@ -76,7 +76,7 @@ def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
           Variant("head", "whole head (ref)", ref),
           Variant("head", "last layer only", ref, transfer={"last_layer_only": True})]
     v += [Variant("explainer", f"{a}" + (" (ref)" if a == ref.arch else ""), dataclasses.replace(ref, arch=a))
-          for a in (ref.arch, *(a for a in ARCHS if a != ref.arch))]  # the reference first, as in every factor
+          for a in sorted(ARCHS, key=lambda a: a != ref.arch)]  # the reference first, as in every factor
     v += [Variant("depth", f"depth {d}" + (" (ref)" if d == d0 else ""), dataclasses.replace(ref, depth=d))
           for d in sorted({max(1, d0 // 2), d0, 2 * d0})]
     other_aug = "none" if ref.augment != "none" else "composite"

@@ -52,8 +52,7 @@ def transfer_error(explainer: TVE, heads: dict[str, nn.Module], ds: ImageSet, n_
         ids = idx[s:s + batch_size]
         x = bb.normalize(ds.get(ids)[0].to(device))
         ek, er = exact_window_embeddings(bb, x, explainer.radius, masked_batch_size)  # fp32, the reference
-        pk, pr, _ = explainer.window_predictions(x)
-        emb = bb.embed(x)  # the class explained: the backbone's own prediction, as the exact map's
+        pk, pr, emb = explainer.window_predictions(x)  # emb: g(x) from the same pass, no second embed
         for kind, head in heads.items():
             y = head_logits(head, emb).argmax(-1)
             exact = transfer_rule(ek, er, head, y).view(len(x), bb.grid, bb.grid)
