@@ -97,7 +97,7 @@ PROFILES: dict[str, Profile] = {
         n_upstream_val=5000,
         head_train=HeadTrain(epochs=30),
         # ImageNet is too large to store every window: the official online sampler (K=1), no augmentation
-        tve=TVEConfig(arch="tapped", depth=4, embed_dim=768, num_heads=12, mix_hidden=1024, sampler="online",
+        tve=TVEConfig(arch="tapped_global", depth=4, embed_dim=768, num_heads=12, mix_hidden=1024, sampler="online",
                       windows_per_image=1, centred_weight=1.0, augment="none", epochs=10, n_images=1_281_167,
                       batch_size=64, lr=1e-4, n_heldout=2048, target_batch_size=512),
         scaling=ScalingConfig(n_test_images=100, online=((100_000, 1, 1), (200_000, 1, 1), (400_000, 1, 1),

@@ -45,12 +45,14 @@ class HeadTrain:
 @dataclass(frozen=True)
 class TVEConfig:
     """TVE pre-training; the defaults are the cpu profile's, chosen by measurement (notebook 03b and
-    docs/benchmarks.md): the tapped explainer on dense, stored targets of augmented upstream images."""
+    docs/benchmarks.md): the tapped explainer with g(x) as a token, on dense, stored targets of augmented
+    upstream images."""
 
     # "tapped": a few blocks on the frozen backbone's own tokens (explaining costs ~one inference);
-    # "tapped_global": the same blocks also attend to g(x), the full-image embedding, as one more token;
+    # "tapped_global": the same blocks also attend to g(x), the full-image embedding, as one more token: it gained
+    # in 14 of 18 settings at the same cost (docs/benchmarks.md, "Which branch the transfer error comes from");
     # "two": independent ViT trunks (the official shape); "shared": one trunk, two heads
-    arch: str = "tapped"
+    arch: str = "tapped_global"
     # width 64 (the cpu backbones' own; channel MLP 256 as before) at twice the epochs matched width 128 at
     # 3000 x 40 on the cpu backbones and explains at ~0.4-0.5x inference against ~0.3x (docs/benchmarks.md,
     # "A narrower explainer on all three backbones"); the MLP of 128 lost Swin's binary-MLP Fid+ there
@@ -70,8 +72,8 @@ class TVEConfig:
     # masked copies per backbone call when computing targets: 128 runs the tiny cpu backbones ~2x faster
     # than 1024 (cache-resident activations; measured, docs/benchmarks.md); larger on a GPU
     target_batch_size: int = 128
-    tap_layers: int = 4  # arch "tapped": how many of the backbone's last token maps it reads
-    tap_pixels: bool = True  # arch "tapped": also each player's own pixels
+    tap_layers: int = 4  # the tapped shapes: how many of the backbone's last token maps it reads
+    tap_pixels: bool = True  # the tapped shapes: also each player's own pixels
     # weight of the within-image part of the squared error (every window only): 1 = the plain MSE
     centred_weight: float = 4.0
     # "plain": every embedding dimension's squared error alike (the method's MSE); "whitened": each over its
@@ -217,7 +219,7 @@ class BenchConfig:
     repeats: int = 5
     warmup: int = 1
     budgets: tuple[int, ...] = (150, 1000)  # KernelSHAP and LIME model calls per image
-    tve_archs: tuple[str, ...] = ("tapped", "two", "shared")  # the TVE shapes timed (the default first)
+    tve_archs: tuple[str, ...] = ("tapped_global", "tapped", "two", "shared")  # the shapes timed (the default first)
     n_tasks: int = 3  # task scaling: explain for 1..n_tasks heads
     task_batch_size: int = 32  # the largest benchmarked batch size <= this is used
     task_methods: tuple[str, ...] = ("tve", "kernelshap", "fastshap", "gradcam")  # shared, per-task, per-head

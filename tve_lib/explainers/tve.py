@@ -5,9 +5,9 @@ every player i, the backbone embedding of the image with only the window ``W_i``
 (``g(x ⊙ W_i)``) and with it removed (``g(x ⊙ (1 − W_i))``). It never sees a label or head.
 Transfer to any head ``h`` and class ``y``: ``a_i = λ⁺ h_y(Φ⁺_i) − λ⁻ h_y(Φ⁻_i)``.
 
-The networks (``"two"`` trunks, ``"shared"``, or ``"tapped"`` on the backbone's own tokens) live in
-`tve_lib.explainers.tve_model`, the pre-training loop and its two samplers (dense stored targets, online
-drawn windows) in `tve_lib.explainers.tve_train`; both are re-exported here.
+The networks (``"two"`` trunks, ``"shared"``, or ``"tapped"`` / ``"tapped_global"`` on the backbone's own
+tokens) live in `tve_lib.explainers.tve_model`, the pre-training loop and its two samplers (dense stored
+targets, online drawn windows) in `tve_lib.explainers.tve_train`; both are re-exported here.
 """
 
 from __future__ import annotations
