@@ -49,8 +49,8 @@ class TVEConfig:
     upstream images."""
 
     # "tapped": a few blocks on the frozen backbone's own tokens (explaining costs ~one inference);
-    # "tapped_global": the same blocks also attend to g(x), the full-image embedding, as one more token: it gained
-    # in 14 of 18 settings at the same cost (docs/benchmarks.md, "Which branch the transfer error comes from");
+    # "tapped_global": the same blocks also attend to g(x), the full-image embedding, as one more token: at the same
+    # cost, 9/18 settings at Spearman >= 0.85 against 7/18 (docs/benchmarks.md, "The cpu run of 2026-12-05");
     # "two": independent ViT trunks (the official shape); "shared": one trunk, two heads
     arch: str = "tapped_global"
     # width 64 (the cpu backbones' own; channel MLP 256 as before) at twice the epochs matched width 128 at

@@ -17,8 +17,9 @@
 #    * **transfer rule**: keep-only (`λ⁻ = 0`, the official demo), remove-only (`λ⁺ = 0`), both;
 #    * **map**: raw, or average-pooled with kernel `2r+1` (the official demo's smoothed map);
 #    * **head**: the whole head (this suite) or only its last Linear layer (the official code);
-#    * **explainer**: tapped on the frozen backbone's own tokens, two independent trunks (the official shape),
-#      one shared trunk, tapped with `g(x)` as one more token of its blocks (`tapped_global`); and its **depth**;
+#    * **explainer**: tapped on the frozen backbone's own tokens with `g(x)` as one more token of its blocks
+#      (`tapped_global`, the default), the same without `g(x)` (`tapped`), two independent trunks (the official
+#      shape), one shared trunk; and its **depth**;
 #    * **upstream augmentation**: composites of half-size upstream images and zoomed, shifted ones (never a
 #      downstream image), per task: it targets the mosaic layout that pre-training on single items never shows;
 #    * **loss**: the weight of the within-image part of the squared error (1 = the plain MSE);
