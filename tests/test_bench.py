@@ -2,6 +2,7 @@
 mechanics, model-call recording and replay, the benchmark rows' contract, estimation under a time cap,
 the method specs and the target checks. No test asserts a speed."""
 
+import dataclasses
 import itertools
 
 import matplotlib.pyplot as plt
@@ -161,7 +162,7 @@ def test_dry_run_counts_calls_without_the_model(vit):
 
 # ----------------------------------------------------------------------------- running
 def _specs(vit, smoke):
-    cfg = smoke.tve
+    cfg = dataclasses.replace(smoke.tve, arch="shared")  # timed first; "two" after it
     return ([bench.MethodSpec("kernelshap", lambda h: Sampler(vit, 6), budget=6, dry_run=True, overhead=True),
              bench.MethodSpec("broken", lambda h: (_ for _ in ()).throw(ValueError("not for this backbone")))]
             + bench.tve_specs(vit, cfg, ("shared", "two")))
@@ -330,7 +331,8 @@ def test_method_specs_cover_the_registry_targets_first(smoke):
     swin = tiny_backbone("swin")
     specs = bench.method_specs(swin, smoke, (16, 32), ("shared", "two"))
     labels = [s.label for s in specs]
-    assert labels[:4] == ["tve (shared)", "tve (two)", "kernelshap-16", "kernelshap-32"]
+    # the profile's own shape first, though not listed
+    assert labels[:5] == [f"tve ({smoke.tve.arch})", "tve (shared)", "tve (two)", "kernelshap-16", "kernelshap-32"]
     assert {s.method for s in specs} == set(EXPLAINERS) and "lime-32" in labels
     by = {s.label: s for s in specs}
     assert by["fastshap"].per_task and by["kernelshap-32"].dry_run and by["kernelshap-32"].overhead
@@ -350,10 +352,12 @@ def test_method_specs_read_the_class_capabilities_and_size_constructors(vit, smo
     from tve_lib.masking import default_radius
 
     specs = bench.method_specs(vit, smoke, (16,), ("shared",), seed=7)
-    assert [s.label for s in specs] == ["tve (shared)", "kernelshap-16", "random", "ig", "gradcam", "rollout",
+    own = f"tve ({smoke.tve.arch})"
+    assert [s.label for s in specs] == [own, "tve (shared)", "kernelshap-16", "random", "ig", "gradcam", "rollout",
                                         "occlusion", "lime-16", "fastshap"]
     flags = {s.label: (s.dry_run, s.overhead, s.per_task) for s in specs}
-    assert flags == {"tve (shared)": (False, False, False), "kernelshap-16": (True, True, False),
+    assert flags == {own: (False, False, False), "tve (shared)": (False, False, False),
+                     "kernelshap-16": (True, True, False),
                      "random": (False, False, False), "ig": (True, False, False), "gradcam": (False, False, False),
                      "rollout": (False, False, False), "occlusion": (True, True, False),
                      "lime-16": (True, True, False), "fastshap": (False, False, True)}
@@ -372,11 +376,18 @@ def test_method_specs_read_the_class_capabilities_and_size_constructors(vit, smo
 
 
 def test_tve_specs_build_one_explainer_for_every_head(vit):
-    specs = bench.tve_specs(vit, TVEConfig(depth=1, embed_dim=32, num_heads=2, mix_hidden=16), ("shared", "two"))
+    specs = bench.tve_specs(vit, TVEConfig(arch="shared", depth=1, embed_dim=32, num_heads=2, mix_hidden=16),
+                            ("shared", "two"))
     h1, h2 = bench.random_heads(vit.embed_dim, (2, 3), "cpu")
     a, b = (s.make(h1) for s in specs)
     assert a is specs[0].make(h2) and a.model.trunk_remove is None and b.model.trunk_remove is not None
     assert [s.label for s in specs] == ["tve (shared)", "tve (two)"]
+
+
+def test_tve_specs_time_the_configured_shape_first_even_when_unlisted(vit):
+    cfg = TVEConfig(arch="two", depth=1, embed_dim=32, num_heads=2, mix_hidden=16)
+    assert [s.label for s in bench.tve_specs(vit, cfg, ("shared", "two"))] == ["tve (two)", "tve (shared)"]
+    assert [s.label for s in bench.tve_specs(vit, cfg, ("shared",))] == ["tve (two)", "tve (shared)"]
 
 
 # ----------------------------------------------------------------------------- tables

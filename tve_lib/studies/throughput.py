@@ -147,10 +147,11 @@ def tile_images(images: torch.Tensor, n: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- method specs
 def tve_specs(backbone: Backbone, cfg: TVEConfig, archs: Sequence[str]) -> list[MethodSpec]:
-    """One untrained TVE explainer per trunk variant (``shared``/``two``) shaped by ``cfg``."""
+    """One untrained TVE explainer per shape in ``archs``, sized by ``cfg``; ``cfg.arch`` (the profile's
+    default) is timed first, and timed even when ``archs`` does not list it."""
     radius = cfg.radius or default_radius(backbone.grid)
     specs = []
-    for arch in archs:
+    for arch in [cfg.arch] + [a for a in archs if a != cfg.arch]:  # rows past the time budget are estimated
         c = dataclasses.replace(cfg, arch=arch, init_from_backbone=False)
         built: dict[str, TVE] = {}
 
