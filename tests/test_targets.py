@@ -186,3 +186,23 @@ def test_lowres_augmentation_smooths_a_third_and_keeps_the_rest():
         return (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
 
     assert roughness(xa[low]) < 0.5 * roughness(x0)
+
+
+def test_outline_augmentation_keeps_the_edges_of_a_filled_shape_and_not_its_inside():
+    """``composite_outline``'s last third: a filled square becomes a blurred ring (the morphological gradient),
+    bright on the square's border and dark at its centre; seeded, in [0, 1], the other images untouched."""
+    from tve_lib import augment
+
+    sq = torch.zeros(1, 3, 32, 32)
+    sq[..., 8:24, 8:24] = 0.8
+    for seed in range(5):
+        ring = augment._outlines(sq, 1, torch.Generator().manual_seed(seed))[0, 0]
+        assert ring.min() >= 0 and ring.max() <= 1
+        assert ring[14:18, 14:18].max() < 0.5 * ring[6:10, 8:24].max()  # the inside against the top edge
+        assert ring[0:3, 0:3].max() < 0.5 * ring[6:10, 8:24].max()  # and the background
+    train, _ = _sets(60)
+    x0 = train.get(torch.arange(60))[0]
+    a = augmented_upstream(train, "composite_outline", 0.5, seed=0)
+    xa = a.get(torch.arange(60))[0]
+    assert torch.equal(xa, augmented_upstream(train, "composite_outline", 0.5, seed=0).get(torch.arange(60))[0])
+    assert (xa != x0).flatten(1).any(1).sum() == 30 and 0 <= xa.min() and xa.max() <= 1

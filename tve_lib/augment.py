@@ -7,7 +7,10 @@ of the pre-training images, chosen by seed, half by 2x2 composites of half-size 
 zoomed to 50-100 % and placed at a random position. ``"composite_lowres"`` splits the replaced
 fraction in thirds: composites, zooms, and single upstream images at a low resolution (downsampled to
 1/6-1/2 of their side, antialiased, and upsampled back bilinearly: the smooth strokes of an upsampled
-small image, which no full-resolution upstream item shows). Built once, deterministically, in memory; the
+small image, which no full-resolution upstream item shows). ``"composite_outline"`` splits it in thirds too, the
+last third being outlines: the morphological gradient (dilation minus erosion, a window of about 1/16 of the side)
+of a single upstream image, scaled to its maximum and blurred as the low-resolution copies are: thin, smooth,
+closed strokes, a shape no upstream item shows filled. Built once, deterministically, in memory; the
 rest of the set is untouched, so the explainer still sees the original distribution.
 """
 
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 
 from .imagesets import ImageSet, TensorImageSet
 
-AUGMENTS = ("none", "composite", "composite_lowres")
+AUGMENTS = ("none", "composite", "composite_lowres", "composite_outline")
 
 
 def _composites(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
@@ -54,16 +57,26 @@ def _zooms(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
 
 
 def _lowres(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
-    b, c, s, _ = src.shape
+    return _blurred(src[torch.randint(0, len(src), (n,), generator=g)], g)
+
+
+def _blurred(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Each image of ``x`` downsampled to 1/6-1/2 of its side (antialiased) and upsampled back bilinearly."""
+    n, c, s, _ = x.shape
     out = torch.zeros(n, c, s, s)
-    pick = torch.randint(0, b, (n,), generator=g)
     sizes = torch.randint(max(2, s // 6), s // 2 + 1, (n,), generator=g)
     for size in sizes.unique().tolist():  # one resize per distinct size, not per image
         sel = (sizes == size).nonzero().flatten()
-        small = F.interpolate(src[pick[sel]], size=(size, size), mode="bilinear", align_corners=False,
-                              antialias=True)
+        small = F.interpolate(x[sel], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out[sel] = F.interpolate(small, size=(s, s), mode="bilinear", align_corners=False)
     return out
+
+
+def _outlines(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    x = src[torch.randint(0, len(src), (n,), generator=g)]
+    k = 2 * max(1, src.shape[-1] // 16) + 1
+    edge = F.max_pool2d(x, k, 1, k // 2) + F.max_pool2d(-x, k, 1, k // 2)  # dilation minus erosion
+    return _blurred(edge / edge.amax((1, 2, 3), keepdim=True).clamp_min(1e-6), g)
 
 
 def check_augment(kind: str) -> str:
@@ -94,5 +107,6 @@ def augmented_upstream(train: ImageSet, kind: str, frac: float, seed: int) -> Im
         a, b = len(idx) // 3, 2 * len(idx) // 3
         x[idx[:a]] = _composites(src, a, g)
         x[idx[a:b]] = _zooms(src, b - a, g)
-        x[idx[b:]] = _lowres(src, len(idx) - b, g)
+        last = _lowres if kind == "composite_lowres" else _outlines
+        x[idx[b:]] = last(src, len(idx) - b, g)
     return TensorImageSet(f"{train.name}+{kind}{frac:g}s{seed}", x, y, train.classes)
