@@ -21,16 +21,15 @@ smaller explainer's quality is read beside what it saves.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 
 import pandas as pd
-import torch
 
 from ..augment import AUGMENTS, check_augment
 from ..config import TVEConfig
 from ..io import device_info, git_commit, upsert_csv
+from .cli import open_suite, study_parser
 from .scaling import ScalingProbe, budget_config, explain_ratio, scaling_row
 from .suite import Suite
 
@@ -122,30 +121,17 @@ def run_extended(suite: Suite, backbone: str, budgets: list, n_test_images: int 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--backbone", default="vit")
+    ap = study_parser(__doc__)
     ap.add_argument("--dense", action="append", default=[], help="IMAGESxEPOCHS, every window (repeatable)")
     ap.add_argument("--online", action="append", default=[], help="IMAGESxEPOCHSxK, K drawn windows (repeatable)")
-    ap.add_argument("--test-images", type=int, default=0, help="test images per task (default: the profile's)")
     ap.add_argument("--augment", default="", help=f"upstream augmentation, one of {', '.join(AUGMENTS)} "
                                                   "(default: the profile's)")
     ap.add_argument("--tve", action="append", default=[], metavar="FIELD=VALUE",
                     help="change a TVEConfig field for every budget (repeatable), e.g. embed_dim=96")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--data-dir", default="")
-    ap.add_argument("--weights-dir", default="")
-    ap.add_argument("--results-dir", default="results")
     a = ap.parse_args(argv)
     if not a.dense and not a.online:
         ap.error("name at least one budget: --dense IMAGESxEPOCHS or --online IMAGESxEPOCHSxK")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    suite = Suite(a.profile, a.seed, a.device, a.data_dir, a.weights_dir, a.results_dir)
-    if a.backbone not in suite.backbone_names:
-        ap.error(f"unknown backbone {a.backbone!r}; the {a.profile} profile has: {', '.join(suite.backbone_names)}")
+    suite = open_suite(ap, a)
     try:
         overrides = parse_overrides(a.tve)
         budgets = extended_budgets(suite, a.dense, a.online, a.augment, overrides)
