@@ -68,6 +68,11 @@ SCALING_COLUMNS = ["backbone", "sampler", "arch", "n_images", "epochs", "windows
                    "targets_seen", "pretrain_seconds", "heldout_ratio", "transfer_spearman", "topk_overlap",
                    "fid_plus_ratio_to_occlusion", "seed"]
 
+# ---- TVE pre-trained on a downstream task's training images, beside the upstream one (`studies.in_domain`)
+IN_DOMAIN_COLUMNS = ["backbone", "trained_on", "n_images", "epochs", "task", "head", "spearman", "topk_overlap",
+                     "fid_plus_ratio_to_occlusion", "pretrain_seconds", "heldout_ratio", "n_test_images", "seed"]
+IN_DOMAIN_KEYS = ["backbone", "trained_on", "n_images", "epochs", "task", "head", "seed"]
+
 # ---- throughput (notebooks 04, 05, 06)
 NO_ARCH = "-"  # tve_arch of methods that are not TVE (a string, so CSV round trips keep keys equal)
 THROUGHPUT_COLUMNS = ["device", "threads", "backbone", "size", "method", "budget", "batch_size", "n_tasks",

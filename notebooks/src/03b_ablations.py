@@ -49,7 +49,7 @@ from tve_lib import Suite
 from tve_lib.io import upsert_csv, write_csv
 from tve_lib.report.fidelity_plots import ablation_bars, scaling_curve
 from tve_lib.report.figures import SPEARMAN_OK
-from tve_lib.report.findings import extended_finding, scaling_finding
+from tve_lib.report.findings import extended_finding, in_domain_finding, scaling_finding
 from tve_lib.report.plots import savefig
 from tve_lib.studies.ablations import ablation_variants, reference_config, run_ablations
 from tve_lib.studies.scaling import run_scaling, scaling_budgets, shape_front
@@ -99,6 +99,18 @@ if extended is not None and len(extended):
     both = pd.concat([scaling.assign(source="this run"), extended.assign(source="scaling_extended.csv")])
     savefig(scaling_curve(both, SPEARMAN_OK), suite.path("figures", "03b_scaling_extended"))
 display(Markdown(extended_finding(extended, scaling, ext_settings)))
+
+# %% [markdown]
+# ### An in-domain ceiling
+# Where a setting misses the target at every budget, the question is whether the domain is the reason.
+# `python -m tve_lib.studies.in_domain --profile <profile> --backbone B --task T` pre-trains the same explainer
+# for the same optimiser steps on task T's *training* images instead of the upstream ones (a diagnostic, not the
+# method: TVE never sees a downstream image) and scores it beside the upstream explainer on the probe above. This
+# notebook only reads `tve/in_domain.csv` when it exists.
+
+# %%
+in_path = suite.path("tve", "in_domain.csv")
+display(Markdown(in_domain_finding(pd.read_csv(in_path).query("seed == @SEED") if in_path.exists() else None)))
 
 # %% [markdown]
 # ## Ablations: pre-train and evaluate every variant

@@ -175,6 +175,34 @@ def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd
             + "\n".join(f"- {t}." for t in out))
 
 
+def in_domain_finding(df: pd.DataFrame | None) -> str:
+    """Notebook 03b: the explainers pre-trained on a downstream task's training images (``tve/in_domain.csv``,
+    `tve_lib.studies.in_domain`), each beside the upstream explainer on the same probe, against the target."""
+    if df is None or not len(df):
+        return ("No in-domain explainer was measured for this results folder (`python -m tve_lib.studies.in_domain "
+                "--backbone B --task T` writes `tve/in_domain.csv`).")
+    out = []
+    for (b, t), g in df[df.trained_on != "upstream"].groupby(["backbone", "trained_on"]):
+        up = df[(df.backbone == b) & (df.trained_on == "upstream")].set_index(["task", "head"]).spearman
+        mine = g.set_index(["task", "head"]).spearman
+        own, other = mine[mine.index.get_level_values(0) == t], mine[mine.index.get_level_values(0) != t]
+        heads = " / ".join(own.index.get_level_values(1))
+        vals = " / ".join(f"{v:.3f}" for v in own)
+        zero = " / ".join(f"{up.get(k, float('nan')):.3f}" for k in own.index)
+        n_in, n_up = int((own >= SPEARMAN_OK).sum()), int((up.reindex(own.index) >= SPEARMAN_OK).sum())
+        txt = (f"{b}, pre-trained on the training images of {t} ({g.n_images.iloc[0]} images × "
+               f"{g.epochs.iloc[0]} epochs): "
+               f"{t} ({heads}) reaches {vals} against {zero} zero-shot, ≥ {SPEARMAN_OK:g} in {n_in}/{len(own)} "
+               f"against {n_up}/{len(own)}")
+        if len(other):
+            txt += (f"; the other tasks move from {up.reindex(other.index).mean():.3f} to {other.mean():.3f} "
+                    "(mean Spearman)")
+        out.append(txt)
+    return ("**An in-domain ceiling** (`tve/in_domain.csv`: the same explainer and optimiser steps, pre-trained on "
+            "one task's training images instead of the upstream ones; a diagnostic, not the method):\n\n"
+            + "\n".join(f"- {t}." for t in out))
+
+
 def fidelity_ratio_finding(ratios: pd.Series) -> str:
     """Notebook 03b: TVE ÷ window occlusion Fid⁺ AUC per setting, against the targets."""
     return (f"TVE ÷ window occlusion Fid⁺ AUC over the {len(ratios)} settings: median {ratios.median():.3f} "

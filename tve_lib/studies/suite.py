@@ -240,11 +240,16 @@ class Suite:
 
         return self.profile.tve.radius or default_radius(self.backbone(backbone).grid)
 
-    def tve_checkpoint(self, backbone: str, cfg=None) -> Path:
+    def tve_checkpoint(self, backbone: str, cfg=None, trained_on: str = "") -> Path:
+        """Where the explainer of ``backbone`` and ``cfg`` is cached; ``trained_on`` names another pre-training set
+        than the upstream one (`tve_lib.studies.in_domain`), kept apart from it."""
         cfg = cfg or self.profile.tve
         tokens = self.backbone(backbone).token_key(cfg.tap_layers) if cfg.arch in TAPPED_ARCHS else {}
         parts = (cfg, self._bb_key(backbone), *tokens.items())  # no tokens item wherever the key predates the rule
-        return self.ckpt_dir / f"tve_{backbone}_{digest(*parts)}.pt"
+        if trained_on:  # only then: the upstream explainers keep their keys
+            parts += (("trained_on", trained_on),)
+        tag = f"in_{file_safe(trained_on)}_" if trained_on else ""
+        return self.ckpt_dir / f"tve_{backbone}_{tag}{digest(*parts)}.pt"
 
     def explainer(self, backbone: str, cfg=None, train_subset: float = 1.0, **transfer) -> TVE:
         """The pre-trained TVE explainer of ``backbone`` (pre-trained on upstream once, cached).
@@ -262,8 +267,9 @@ class Suite:
                                    cfg.radius or self.tve_radius(backbone), transfer)
 
     def pretrained_tve(self, backbone: str, cfg, ckpt: Path, radius: int, transfer: dict[str, Any],
-                       progress: bool = True) -> TVE:
-        """The TVE explainer pre-trained with ``cfg`` whose checkpoint is ``ckpt`` (trained when absent)."""
+                       progress: bool = True, train_set: data_mod.ImageSet | None = None) -> TVE:
+        """The TVE explainer pre-trained with ``cfg`` whose checkpoint is ``ckpt`` (trained when absent), on
+        ``train_set`` when given (a checkpoint of its own, `tve_checkpoint`'s ``trained_on``), else upstream."""
         from ..explainers import tve
 
         bb = self.backbone(backbone)
@@ -275,7 +281,8 @@ class Suite:
             torch.manual_seed(self.seed)
             model = tve.build_explainer(bb, cfg)
             # pretrain writes ckpt itself (atomically, resuming from its per-epoch file)
-            tve.pretrain(model, bb, self.pretrain_set(cfg, backbone), self.upstream_for(backbone)[1], cfg, ckpt,
+            train_images = self.pretrain_set(cfg, backbone) if train_set is None else train_set
+            tve.pretrain(model, bb, train_images, self.upstream_for(backbone)[1], cfg, ckpt,
                          self.seed, radius,
                          progress=progress, store_dir=self.ckpt_dir)
             return make_explainer("tve", bb, model=model, radius=radius, **transfer)
