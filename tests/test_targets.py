@@ -206,3 +206,26 @@ def test_outline_augmentation_keeps_the_edges_of_a_filled_shape_and_not_its_insi
     xa = a.get(torch.arange(60))[0]
     assert torch.equal(xa, augmented_upstream(train, "composite_outline", 0.5, seed=0).get(torch.arange(60))[0])
     assert (xa != x0).flatten(1).any(1).sum() == 30 and 0 <= xa.min() and xa.max() <= 1
+
+
+def test_glyph_augmentation_draws_letters_and_no_digit():
+    """``composite_glyphs``' last third: generated letters (never a digit, a cpu task), each filling most of the
+    frame, seeded, in [0, 1], bright strokes on a dark background; the other images untouched."""
+    from tve_lib import augment
+
+    assert not any(ch.isdigit() for ch in augment.LETTERS)
+    bank = augment.glyph_bank(32)
+    assert bank.shape == (2 * len(augment.LETTERS), 32, 32) and 0 <= bank.min() and bank.max() <= 1
+    rows, cols = (bank > 0.5).any(2), (bank > 0.5).any(1)
+    extent = torch.maximum(rows.sum(1), cols.sum(1))
+    assert (extent >= 0.8 * 32).all()  # scaled to the frame, not rendered at the font's own size
+    ink = bank.flatten(1).sum(1)
+    assert (ink[len(augment.LETTERS):] > ink[: len(augment.LETTERS)]).float().mean() > 0.9  # bold after thin
+    x = augment._glyphs(torch.zeros(4, 3, 32, 32), 12, torch.Generator().manual_seed(0))
+    assert x.shape == (12, 3, 32, 32) and 0 <= x.min() and x.max() <= 1 and x.amax((1, 2, 3)).min() > 0.3
+    assert (x[..., :2, :].mean() < 0.1) and torch.equal(x[:, 0], x[:, 2])  # dark border, grey replicated
+    train, _ = _sets(60)
+    x0 = train.get(torch.arange(60))[0]
+    a = augmented_upstream(train, "composite_glyphs", 0.5, seed=0).get(torch.arange(60))[0]
+    assert torch.equal(a, augmented_upstream(train, "composite_glyphs", 0.5, seed=0).get(torch.arange(60))[0])
+    assert (a != x0).flatten(1).any(1).sum() == 30 and 0 <= a.min() and a.max() <= 1

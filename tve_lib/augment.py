@@ -10,18 +10,26 @@ fraction in thirds: composites, zooms, and single upstream images at a low resol
 small image, which no full-resolution upstream item shows). ``"composite_outline"`` splits it in thirds too, the
 last third being outlines: the morphological gradient (dilation minus erosion, a window of about 1/16 of the side)
 of a single upstream image, scaled to its maximum and blurred as the low-resolution copies are: thin, smooth,
-closed strokes, a shape no upstream item shows filled. Built once, deterministically, in memory; the
-rest of the set is untouched, so the explainer still sees the original distribution.
+closed strokes, a shape no upstream item shows filled. ``"composite_glyphs"`` has generated images as its last
+third, not upstream ones: a Latin letter (no digit: the cpu profile's digits are a downstream task) of the font
+Pillow bundles, thin or bold, its larger side scaled to 54-90 % of the image's, rotated by up to 15 degrees,
+placed at random, at an intensity of 0.6-1, and blurred as the low-resolution copies are: handwriting-like
+strokes from a source outside every task. Built once, deterministically, in memory; the rest of the set is
+untouched, so the explainer still sees the original distribution.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .imagesets import ImageSet, TensorImageSet
 
-AUGMENTS = ("none", "composite", "composite_lowres", "composite_outline")
+AUGMENTS = ("none", "composite", "composite_lowres", "composite_outline", "composite_glyphs")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # no digit: a cpu task is digits
 
 
 def _composites(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
@@ -79,6 +87,46 @@ def _outlines(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     return _blurred(edge / edge.amax((1, 2, 3), keepdim=True).clamp_min(1e-6), g)
 
 
+def glyph_bank(side: int = 64) -> torch.Tensor:
+    """Every letter of `LETTERS` in the font Pillow bundles (the same file on every machine), thin and bold,
+    white on black and centred: ``[2 * len(LETTERS), side, side]`` in [0, 1]."""
+    from PIL import Image, ImageDraw, ImageFont, features
+
+    if not features.check("freetype2"):
+        raise RuntimeError("augment='composite_glyphs' renders letters with FreeType; this Pillow was built "
+                           "without it (reinstall Pillow from its wheel)")
+    font = ImageFont.load_default(size=side)
+    out = []
+    for stroke in (max(1, side // 32), max(1, side // 12)):  # thin and bold
+        for ch in LETTERS:
+            im = Image.new("L", (2 * side, 2 * side))
+            ImageDraw.Draw(im).text((side, side), ch, fill=255, font=font, anchor="mm", stroke_width=stroke,
+                                    stroke_fill=255)
+            im = im.crop(im.getbbox())  # every letter fills the frame's height or width, as the digits do
+            k = 0.9 * side / max(im.size)
+            im = im.resize((max(1, round(k * im.width)), max(1, round(k * im.height))), Image.BILINEAR)
+            canvas = Image.new("L", (side, side))
+            canvas.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+            out.append(torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0))
+    return torch.stack(out)
+
+
+def _glyphs(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    _, c, s, _ = src.shape
+    bank = glyph_bank()
+    pick = torch.randint(0, len(bank), (n,), generator=g)
+    zoom = 0.6 + 0.4 * torch.rand(n, generator=g)
+    angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(15)
+    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * (1 - zoom)[:, None]  # stays inside the frame
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    a = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # output -> template coords
+    theta = torch.cat([a, -(a @ shift[:, :, None])], 2)
+    grid = F.affine_grid(theta, [n, 1, 2 * s, 2 * s], align_corners=False)
+    x = F.avg_pool2d(F.grid_sample(bank[pick, None], grid, align_corners=False), 2)  # sampled at 2x, pooled
+    x = x * (0.6 + 0.4 * torch.rand(n, 1, 1, 1, generator=g))
+    return _blurred(x.expand(n, c, s, s), g).clamp(0, 1)
+
+
 def check_augment(kind: str) -> str:
     """``kind`` if it names an upstream augmentation; a clear error otherwise."""
     if kind not in AUGMENTS:
@@ -107,6 +155,6 @@ def augmented_upstream(train: ImageSet, kind: str, frac: float, seed: int) -> Im
         a, b = len(idx) // 3, 2 * len(idx) // 3
         x[idx[:a]] = _composites(src, a, g)
         x[idx[a:b]] = _zooms(src, b - a, g)
-        last = _lowres if kind == "composite_lowres" else _outlines
+        last = {"composite_lowres": _lowres, "composite_outline": _outlines, "composite_glyphs": _glyphs}[kind]
         x[idx[b:]] = last(src, len(idx) - b, g)
     return TensorImageSet(f"{train.name}+{kind}{frac:g}s{seed}", x, y, train.classes)
