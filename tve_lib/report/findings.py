@@ -185,21 +185,24 @@ def in_domain_finding(df: pd.DataFrame | None) -> str:
     for (b, t), g in df[df.trained_on != "upstream"].groupby(["backbone", "trained_on"]):
         up = df[(df.backbone == b) & (df.trained_on == "upstream")].set_index(["task", "head"]).spearman
         mine = g.set_index(["task", "head"]).spearman
-        own, other = mine[mine.index.get_level_values(0) == t], mine[mine.index.get_level_values(0) != t]
+        task, _, extra = t.partition("+upstream")  # "<task>+upstream<N>": N pre-training images beside the task's
+        own, other = mine[mine.index.get_level_values(0) == task], mine[mine.index.get_level_values(0) != task]
         heads = " / ".join(own.index.get_level_values(1))
         vals = " / ".join(f"{v:.3f}" for v in own)
         zero = " / ".join(f"{up.get(k, float('nan')):.3f}" for k in own.index)
         n_in, n_up = int((own >= SPEARMAN_OK).sum()), int((up.reindex(own.index) >= SPEARMAN_OK).sum())
-        txt = (f"{b}, pre-trained on the training images of {t} ({g.n_images.iloc[0]} images × "
-               f"{g.epochs.iloc[0]} epochs): "
-               f"{t} ({heads}) reaches {vals} against {zero} zero-shot, ≥ {SPEARMAN_OK:g} in {n_in}/{len(own)} "
+        what = f"{extra} upstream pre-training images and the training images of {task}" if extra else (
+            f"the training images of {task}")
+        txt = (f"{b}, pre-trained on {what} ({g.n_images.iloc[0]} images × {g.epochs.iloc[0]} epochs): "
+               f"{task} ({heads}) reaches {vals} against {zero} zero-shot, ≥ {SPEARMAN_OK:g} in {n_in}/{len(own)} "
                f"against {n_up}/{len(own)}")
         if len(other):
             txt += (f"; the other tasks move from {up.reindex(other.index).mean():.3f} to {other.mean():.3f} "
                     "(mean Spearman)")
         out.append(txt)
     return ("**An in-domain ceiling** (`tve/in_domain.csv`: the same explainer and optimiser steps, pre-trained on "
-            "one task's training images instead of the upstream ones; a diagnostic, not the method):\n\n"
+            "one task's training images instead of the upstream ones, or beside some of them; a diagnostic, not the "
+            "method):\n\n"
             + "\n".join(f"- {t}." for t in out))
 
 

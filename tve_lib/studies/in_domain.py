@@ -10,7 +10,10 @@ which the probe scores), then scored beside the profile's upstream explainer by 
     python -m tve_lib.studies.in_domain --profile cpu --backbone swin --task digits --threads 1
 
 A setting that reaches the target with the in-domain explainer and misses it zero-shot is limited by what the
-upstream images cover, not by the explainer's shape or budget.
+upstream images cover, not by the explainer's shape or budget. ``--with-upstream N`` pre-trains instead on N
+images of the profile's pre-training set (augmented as the profile says, drawn by seed) and the task's training
+images together, shuffled (``trained_on = "<task>+upstream<N>"``): whether one explainer of the same budget
+serves both domains when its pre-training images cover them.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import dataclasses
 import time
 
 import pandas as pd
+import torch
 
 from ..config import TVEConfig
-from ..imagesets import ImageSet
+from ..imagesets import ImageSet, TensorImageSet
 from ..io import device_info, git_commit, load_torch, upsert_csv
 from ..schema import IN_DOMAIN_COLUMNS, IN_DOMAIN_KEYS
 from .cli import open_suite, study_parser
@@ -48,6 +52,25 @@ def in_domain_set(suite: Suite, task: str, backbone: str) -> ImageSet:
     return suite.task(task, backbone).train
 
 
+def mixed_set(suite: Suite, task: str, backbone: str, n_upstream: int) -> ImageSet:
+    """``n_upstream`` images of the profile's pre-training set (drawn by the suite's seed) followed by ``task``'s
+    training images; labels follow the concatenated classes (TVE's pre-training reads no label)."""
+    train, up = in_domain_set(suite, task, backbone), suite.pretrain_set(None, backbone)
+    if not 0 < n_upstream <= len(up):
+        raise ValueError(f"--with-upstream takes 1..{len(up)} images (the pre-training set's size), got {n_upstream}")
+    g = torch.Generator().manual_seed(suite.seed)
+    pick = torch.randperm(len(up), generator=g)[:n_upstream]
+    try:
+        xu, yu, _ = up.get(pick)
+        xt, yt, _ = train.get(torch.arange(len(train)))
+    except (TypeError, AttributeError) as e:  # file-backed sets are not concatenated in memory
+        raise ValueError("--with-upstream needs in-memory image sets (the cpu and smoke profiles)") from e
+    if xu.shape[1:] != xt.shape[1:]:
+        raise ValueError(f"upstream images {tuple(xu.shape[1:])} and {task} images {tuple(xt.shape[1:])} differ")
+    return TensorImageSet(f"{task}+upstream{n_upstream}s{suite.seed}", torch.cat([xu, xt]),
+                          torch.cat([yu, yt + len(up.classes)]), list(up.classes) + list(train.classes))
+
+
 def _rows(probe: ScalingProbe, explainer, trained_on: str, cfg: TVEConfig, history: list[dict]) -> pd.DataFrame:
     suite, b = probe.suite, probe.backbone
     ratio = trivial_ratio(pd.DataFrame([{"backbone": b, **h} for h in history])).ratio.iloc[0]
@@ -57,10 +80,14 @@ def _rows(probe: ScalingProbe, explainer, trained_on: str, cfg: TVEConfig, histo
                       seed=suite.seed, backbone_weights=probe.weights)
 
 
-def run_in_domain(suite: Suite, backbone: str, task: str, n_test_images: int | None = None) -> pd.DataFrame:
-    """Score the profile's explainer of ``backbone`` and one pre-trained on ``task``'s training images (trained
-    once, cached apart from the upstream one) on the same probe; upsert and return their rows."""
-    train = in_domain_set(suite, task, backbone)  # checked before the probe's exact maps and any training
+def run_in_domain(suite: Suite, backbone: str, task: str, n_test_images: int | None = None,
+                  with_upstream: int = 0) -> pd.DataFrame:
+    """Score the profile's explainer of ``backbone`` and one pre-trained on ``task``'s training images (with
+    ``with_upstream`` pre-training images beside them, `mixed_set`; trained once, cached apart from the upstream
+    one) on the same probe; upsert and return their rows."""
+    # checked before the probe's exact maps and any training
+    train = mixed_set(suite, task, backbone, with_upstream) if with_upstream else in_domain_set(suite, task, backbone)
+    trained_on = f"{task}+upstream{with_upstream}" if with_upstream else task
     base = suite.profile.tve
     cfg = in_domain_config(base, len(train), len(suite.upstream[0]))
     probe = ScalingProbe(suite, backbone, n_test_images or suite.profile.scaling.n_test_images,
@@ -68,12 +95,14 @@ def run_in_domain(suite: Suite, backbone: str, task: str, n_test_images: int | N
     t0 = time.time()
     frames = [_rows(probe, suite.explainer(backbone), UPSTREAM, dataclasses.replace(
         base, n_images=min(base.n_images, len(suite.upstream[0]))), suite.tve_history(backbone))]
-    ckpt = suite.tve_checkpoint(backbone, cfg, trained_on=task)
+    ckpt = suite.tve_checkpoint(backbone, cfg, trained_on=trained_on)
     expl = suite.pretrained_tve(backbone, cfg, ckpt, cfg.radius or suite.tve_radius(backbone), {}, train_set=train)
-    frames.append(_rows(probe, expl, task, cfg, load_torch(ckpt)["history"]))
+    frames.append(_rows(probe, expl, trained_on, cfg, load_torch(ckpt)["history"]))
     info = device_info(suite.device)
     df = pd.concat(frames).assign(threads=info["threads"], cpu=info["cpu"], git_commit=git_commit(),
                                   wall_seconds=time.time() - t0)
+    df["pretrain_task"] = df.trained_on.str.split("+").str[0]  # the downstream task in the pre-training set
+    df["n_upstream_images"] = [int(t.split("upstream")[-1]) if "+upstream" in t else 0 for t in df.trained_on]
     df = df[IN_DOMAIN_COLUMNS + [c for c in df.columns if c not in IN_DOMAIN_COLUMNS]]
     return upsert_csv(df, suite.path("tve", "in_domain.csv"), IN_DOMAIN_KEYS)
 
@@ -81,14 +110,20 @@ def run_in_domain(suite: Suite, backbone: str, task: str, n_test_images: int | N
 def main(argv: list[str] | None = None) -> None:
     ap = study_parser(__doc__)
     ap.add_argument("--task", required=True, help="the downstream task whose training images TVE pre-trains on")
+    ap.add_argument("--with-upstream", type=int, default=0, metavar="N",
+                    help="pre-train on N images of the profile's pre-training set and the task's images together")
     a = ap.parse_args(argv)
     suite = open_suite(ap, a)
     try:
-        in_domain_set(suite, a.task, a.backbone)
+        if a.with_upstream:
+            mixed_set(suite, a.task, a.backbone, a.with_upstream)
+        else:
+            in_domain_set(suite, a.task, a.backbone)
     except ValueError as e:
         ap.error(str(e))
-    df = run_in_domain(suite, a.backbone, a.task, a.test_images or None)
-    mine = df[(df.backbone == a.backbone) & df.trained_on.isin([UPSTREAM, a.task])]
+    df = run_in_domain(suite, a.backbone, a.task, a.test_images or None, a.with_upstream)
+    mine_on = f"{a.task}+upstream{a.with_upstream}" if a.with_upstream else a.task
+    mine = df[(df.backbone == a.backbone) & df.trained_on.isin([UPSTREAM, mine_on])]
     print(mine.pivot_table(index=["task", "head"], columns="trained_on", values="spearman").round(3).to_string())
 
 
