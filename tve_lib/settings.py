@@ -79,10 +79,11 @@ class TVEConfig:
     # "plain": every embedding dimension's squared error alike (the method's MSE); "whitened": each over its
     # variance in the held-out probe's targets, so low-variance directions a downstream head may read count too
     loss_dims: str = "plain"
-    # upstream augmentation (tve_lib.augment): "none", or "composite": this fraction of the pre-training
-    # images replaced by 2x2 composites of half-size upstream images and zoomed, shifted single images
-    augment: str = "composite"
-    augment_frac: float = 0.5
+    # upstream augmentation (tve_lib.augment.AUGMENTS): this fraction of the pre-training images replaced, in
+    # thirds, by 2x2 composites of half-size upstream images, zoomed and shifted single ones, and generated
+    # letters; at 0.75 it raised every backbone's median and worst setting on the probe (docs/benchmarks.md)
+    augment: str = "composite_glyphs"
+    augment_frac: float = 0.75
     # 3000 images beat 2000 at the same optimiser steps in the trials of docs/benchmarks.md (the store of 3000
     # images costs ~100-170 s on the cpu ViT); 80 epochs of the width-64 explainer cost what 40 of width 128 did
     epochs: int = 80

@@ -26,7 +26,8 @@
 # backbone inference; `"tapped"`, the same without `g(x)`; or `"two"` independent ViT trunks on
 # the player grid (the official shape), or one `"shared"` trunk; a loss that weights the within-image part of
 # the squared error (`centred_weight`; 1 is the plain MSE); upstream augmentation by composites of half-size
-# upstream images (`augment`); radius `r = round(2G/14)` (the official `r=2` at 14×14). Multi-GPU: `torchrun
+# upstream images, zooms and generated letters, never a downstream image (`augment`); radius `r = round(2G/14)`
+# (the official `r=2` at 14×14). Multi-GPU: `torchrun
 # --nproc_per_node=N -m tve_lib.studies.distributed --profile paper` runs this same loop under DistributedDataParallel.
 
 # %% tags=["parameters"]

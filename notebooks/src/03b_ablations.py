@@ -20,8 +20,9 @@
 #    * **explainer**: tapped on the frozen backbone's own tokens with `g(x)` as one more token of its blocks
 #      (`tapped_global`, the default), the same without `g(x)` (`tapped`), two independent trunks (the official
 #      shape), one shared trunk; and its **depth**;
-#    * **upstream augmentation**: composites of half-size upstream images and zoomed, shifted ones (never a
-#      downstream image), per task: it targets the mosaic layout that pre-training on single items never shows;
+#    * **upstream augmentation**: composites of half-size upstream images, zoomed, shifted ones and generated
+#      letters (never a downstream image), against none, per task: the composites target the mosaic layout that
+#      pre-training on single items never shows, the letters the strokes that Fashion-MNIST never shows;
 #    * **loss**: the weight of the within-image part of the squared error (1 = the plain MSE);
 #    * **tapped inputs**: the backbone's tokens with or without each player's own pixels.
 #
