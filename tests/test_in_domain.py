@@ -77,7 +77,7 @@ def test_mixed_set_puts_drawn_pretraining_images_before_the_task_images_and_is_k
     ux = up.get(torch.arange(len(up)))[0].flatten(1)
     assert all((ux == row).all(1).any() for row in x[:40].flatten(1))  # every drawn image is a pre-training image
     assert torch.equal(x, mixed_set(suite, "digits", "vit", 40).get(torch.arange(len(mix)))[0])  # by seed
-    with pytest.raises(ValueError, match="--with-upstream takes 1.."):
+    with pytest.raises(ValueError, match="takes 1.."):
         mixed_set(suite, "digits", "vit", len(up) + 1)
     args = ["--profile", "smoke", "--backbone", "vit", "--task", "digits", "--with-upstream", "40",
             "--test-images", "2", "--results-dir", str(tmp_path), "--device", "cpu"]

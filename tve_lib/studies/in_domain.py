@@ -52,19 +52,26 @@ def in_domain_set(suite: Suite, task: str, backbone: str) -> ImageSet:
     return suite.task(task, backbone).train
 
 
+def trained_on_label(task: str, with_upstream: int = 0) -> str:
+    """The ``trained_on`` of an explainer pre-trained on ``task``'s training images (and ``with_upstream``
+    pre-training images beside them): ``"digits"``, ``"digits+upstream2000"``."""
+    return f"{task}+upstream{with_upstream}" if with_upstream else task
+
+
 def mixed_set(suite: Suite, task: str, backbone: str, n_upstream: int) -> ImageSet:
     """``n_upstream`` images of the profile's pre-training set (drawn by the suite's seed) followed by ``task``'s
     training images; labels follow the concatenated classes (TVE's pre-training reads no label)."""
     train, up = in_domain_set(suite, task, backbone), suite.pretrain_set(None, backbone)
     if not 0 < n_upstream <= len(up):
-        raise ValueError(f"--with-upstream takes 1..{len(up)} images (the pre-training set's size), got {n_upstream}")
+        raise ValueError(f"the mixed set takes 1..{len(up)} upstream images (the pre-training set's size), "
+                         f"got {n_upstream}")
     g = torch.Generator().manual_seed(suite.seed)
     pick = torch.randperm(len(up), generator=g)[:n_upstream]
     try:
         xu, yu, _ = up.get(pick)
         xt, yt, _ = train.get(torch.arange(len(train)))
     except (TypeError, AttributeError) as e:  # file-backed sets are not concatenated in memory
-        raise ValueError("--with-upstream needs in-memory image sets (the cpu and smoke profiles)") from e
+        raise ValueError("a mixed set needs in-memory image sets (the cpu and smoke profiles)") from e
     if xu.shape[1:] != xt.shape[1:]:
         raise ValueError(f"upstream images {tuple(xu.shape[1:])} and {task} images {tuple(xt.shape[1:])} differ")
     return TensorImageSet(f"{task}+upstream{n_upstream}s{suite.seed}", torch.cat([xu, xt]),
@@ -87,7 +94,7 @@ def run_in_domain(suite: Suite, backbone: str, task: str, n_test_images: int | N
     one) on the same probe; upsert and return their rows."""
     # checked before the probe's exact maps and any training
     train = mixed_set(suite, task, backbone, with_upstream) if with_upstream else in_domain_set(suite, task, backbone)
-    trained_on = f"{task}+upstream{with_upstream}" if with_upstream else task
+    trained_on = trained_on_label(task, with_upstream)
     base = suite.profile.tve
     cfg = in_domain_config(base, len(train), len(suite.upstream[0]))
     probe = ScalingProbe(suite, backbone, n_test_images or suite.profile.scaling.n_test_images,
@@ -122,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         ap.error(str(e))
     df = run_in_domain(suite, a.backbone, a.task, a.test_images or None, a.with_upstream)
-    mine_on = f"{a.task}+upstream{a.with_upstream}" if a.with_upstream else a.task
-    mine = df[(df.backbone == a.backbone) & df.trained_on.isin([UPSTREAM, mine_on])]
+    mine = df[(df.backbone == a.backbone) & df.trained_on.isin([UPSTREAM, trained_on_label(a.task, a.with_upstream)])]
     print(mine.pivot_table(index=["task", "head"], columns="trained_on", values="spearman").round(3).to_string())
 
 
