@@ -108,8 +108,9 @@ def run_in_domain(suite: Suite, backbone: str, task: str, n_test_images: int | N
     info = device_info(suite.device)
     df = pd.concat(frames).assign(threads=info["threads"], cpu=info["cpu"], git_commit=git_commit(),
                                   wall_seconds=time.time() - t0)
-    df["pretrain_task"] = df.trained_on.str.split("+").str[0]  # the downstream task in the pre-training set
-    df["n_upstream_images"] = [int(t.split("upstream")[-1]) if "+upstream" in t else 0 for t in df.trained_on]
+    ours = df.trained_on == trained_on  # not the label parsed back: the values it was built from
+    df["pretrain_task"] = df.trained_on.where(~ours, task)  # the downstream task in the pre-training set
+    df["n_upstream_images"] = ours * with_upstream
     df = df[IN_DOMAIN_COLUMNS + [c for c in df.columns if c not in IN_DOMAIN_COLUMNS]]
     return upsert_csv(df, suite.path("tve", "in_domain.csv"), IN_DOMAIN_KEYS)
 
