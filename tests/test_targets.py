@@ -229,3 +229,23 @@ def test_glyph_augmentation_draws_letters_and_no_digit():
     a = augmented_upstream(train, "composite_glyphs", 0.5, seed=0).get(torch.arange(60))[0]
     assert torch.equal(a, augmented_upstream(train, "composite_glyphs", 0.5, seed=0).get(torch.arange(60))[0])
     assert (a != x0).flatten(1).any(1).sum() == 30 and 0 <= a.min() and a.max() <= 1
+
+
+def test_stroke_augmentation_draws_one_to_three_strokes_inside_the_frame():
+    """``composite_strokes``' scribbles: every image has ink, at most three strokes of which at least one is
+    drawn, points inside the frame, the same draw for the same seed; half of the last third are letters."""
+    from tve_lib import augment
+
+    g = torch.Generator().manual_seed(1)
+    pts = augment._stroke_points(200, g)
+    drawn = (pts.abs() < 5).all(-1).all(-1)  # [n, 3]: the strokes that lie in the frame
+    assert drawn[:, 0].all() and drawn.sum(1).max() == 3 and drawn.sum(1).min() == 1
+    assert pts[drawn].abs().max() <= 1.0
+    x = augment._scribbles(torch.zeros(2, 3, 32, 32), 16, torch.Generator().manual_seed(0))
+    assert x.shape == (16, 3, 32, 32) and 0 <= x.min() and x.max() <= 1 and x.amax((1, 2, 3)).min() > 0.2
+    assert torch.equal(x, augment._scribbles(torch.zeros(2, 3, 32, 32), 16, torch.Generator().manual_seed(0)))
+    assert (x[:, 0] > 0.5).flatten(1).float().mean(1).max() < 0.5  # strokes, not filled frames
+    train, _ = _sets(60)
+    x0 = train.get(torch.arange(60))[0]
+    a = augmented_upstream(train, "composite_strokes", 0.5, seed=0).get(torch.arange(60))[0]
+    assert (a != x0).flatten(1).any(1).sum() == 30 and 0 <= a.min() and a.max() <= 1

@@ -14,7 +14,10 @@ closed strokes, a shape no upstream item shows filled. ``"composite_glyphs"`` ha
 third, not upstream ones: a Latin letter (no digit: the cpu profile's digits are a downstream task) of the font
 Pillow bundles, thin or bold, its larger side scaled to 54-90 % of the image's, rotated by up to 15 degrees,
 placed at random, at an intensity of 0.6-1, and blurred as the low-resolution copies are: handwriting-like
-strokes from a source outside every task. Built once, deterministically, in memory; the rest of the set is
+strokes from a source outside every task. ``"composite_strokes"`` splits that last third between those letters
+and scribbles: one to three random pen strokes per image (cubic Bezier curves and elliptic arcs, of a random
+width), drawn antialiased and blurred the same way: loops and bends that no font and no upstream item shows.
+Built once, deterministically, in memory; the rest of the set is
 untouched, so the explainer still sees the original distribution.
 """
 
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 
 from .imagesets import ImageSet, TensorImageSet
 
-AUGMENTS = ("none", "composite", "composite_lowres", "composite_outline", "composite_glyphs")
+AUGMENTS = ("none", "composite", "composite_lowres", "composite_outline", "composite_glyphs", "composite_strokes")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # no digit: a cpu task is digits
 
 
@@ -127,6 +130,45 @@ def _glyphs(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     return _blurred(x.expand(n, c, s, s), g).clamp(0, 1)
 
 
+def _stroke_points(n: int, g: torch.Generator, per: int = 48) -> torch.Tensor:
+    """``[n, 3, per, 2]`` points along up to three strokes per image, in [-1, 1] coordinates; a stroke an image
+    does not draw lies far outside the frame. Each stroke is a cubic Bezier curve or, one time in three, an
+    elliptic arc of 180-360 degrees."""
+    t = torch.linspace(0, 1, per)
+    ctrl = (torch.rand(n, 3, 4, 2, generator=g) * 2 - 1) * 0.8
+    basis = torch.stack([(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t ** 2 * (1 - t), t ** 3], 1)  # [per, 4]
+    bezier = torch.einsum("pk,nskd->nspd", basis, ctrl)
+    centre = (torch.rand(n, 3, 1, 2, generator=g) * 2 - 1) * 0.4
+    radii = 0.15 + 0.45 * torch.rand(n, 3, 1, 2, generator=g)
+    start = torch.rand(n, 3, 1, generator=g) * 2 * math.pi
+    phi = start + t * math.pi * (1 + torch.rand(n, 3, 1, generator=g))
+    arc = centre + radii * torch.stack([torch.cos(phi), torch.sin(phi)], -1)
+    is_arc = (torch.rand(n, 3, 1, 1, generator=g) < 1 / 3)
+    pts = torch.where(is_arc, arc, bezier)
+    drawn = torch.arange(3) < torch.randint(1, 4, (n, 1), generator=g)  # one to three strokes
+    return torch.where(drawn[:, :, None, None], pts, torch.full_like(pts, 10.0))
+
+
+def _scribbles(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    _, c, s, _ = src.shape
+    hi = 2 * s  # drawn at 2x, pooled
+    pts = _stroke_points(n, g).flatten(1, 2)
+    half_width = 0.06 + 0.10 * torch.rand(n, 1, generator=g)  # of the half side: thin pen to thick marker
+    axis = (torch.arange(hi) + 0.5) / hi * 2 - 1
+    pix = torch.stack(torch.meshgrid(axis, axis, indexing="ij")[::-1], -1).view(1, hi * hi, 2)
+    out = torch.empty(n, hi * hi)
+    for i in range(0, n, 64):  # chunks bound the [images, pixels, points] distance tensor
+        d = torch.cdist(pix.expand(len(pts[i:i + 64]), -1, -1), pts[i:i + 64]).amin(-1)
+        out[i:i + 64] = ((half_width[i:i + 64] - d) * hi / 2 + 0.5).clamp(0, 1)  # one-pixel antialiased edge
+    x = F.avg_pool2d(out.view(n, 1, hi, hi), 2) * (0.6 + 0.4 * torch.rand(n, 1, 1, 1, generator=g))
+    return _blurred(x.expand(n, c, s, s), g).clamp(0, 1)
+
+
+def _strokes(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    half = n // 2
+    return torch.cat([_glyphs(src, half, g), _scribbles(src, n - half, g)])
+
+
 def check_augment(kind: str) -> str:
     """``kind`` if it names an upstream augmentation; a clear error otherwise."""
     if kind not in AUGMENTS:
@@ -155,6 +197,7 @@ def augmented_upstream(train: ImageSet, kind: str, frac: float, seed: int) -> Im
         a, b = len(idx) // 3, 2 * len(idx) // 3
         x[idx[:a]] = _composites(src, a, g)
         x[idx[a:b]] = _zooms(src, b - a, g)
-        last = {"composite_lowres": _lowres, "composite_outline": _outlines, "composite_glyphs": _glyphs}[kind]
+        last = {"composite_lowres": _lowres, "composite_outline": _outlines, "composite_glyphs": _glyphs,
+                "composite_strokes": _strokes}[kind]
         x[idx[b:]] = last(src, len(idx) - b, g)
     return TensorImageSet(f"{train.name}+{kind}{frac:g}s{seed}", x, y, train.classes)
