@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from tve_lib.report.claims import HELDOUT_RATIO_OK, SPEARMAN_OK
 from tve_lib.report.findings import branch_finding, pretrain_finding, scaling_finding, transfer_finding
@@ -71,6 +72,9 @@ def test_readme_block_is_regenerated(tmp_path):
     text = readme.read_text()
     assert "old table" not in text and "TVE: small error" in text and "3/18 pass" in text
     assert "12.5 s" in text and text.startswith("intro") and text.endswith("rest\n")
+    with pytest.raises(FileNotFoundError, match="claims.csv not found"):
+        update_readme(tmp_path / "no_run", readme)
+    assert readme.read_text() == text  # untouched by the failed call
 
 
 def test_acceptance_finding_follows_the_tables():

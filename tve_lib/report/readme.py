@@ -7,8 +7,8 @@ README never quotes numbers by hand.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +22,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"  # the repository roo
 
 def claims_block(root: Path) -> str:
     """The Markdown block for the run in ``root`` (= results/<profile>)."""
+    if not (root / "claims.csv").exists():
+        raise FileNotFoundError(f"{root / 'claims.csv'} not found: expected a run's results/<profile> folder, "
+                                "with notebook 07 executed (./run_all.sh writes it)")
     claims = pd.read_csv(root / "claims.csv")
     claims["claim"] = claims["method"] + ": " + claims["claim"]
     run = json.loads((root / "run.json").read_text()) if (root / "run.json").exists() else {}
@@ -49,5 +52,15 @@ def update_readme(root: Path, readme: Path = README) -> None:
         tmp.write_text(text[:a] + claims_block(Path(root)) + text[b:])
 
 
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", nargs="?", default="results/cpu", help="a run's results/<profile> folder")
+    a = ap.parse_args(argv)
+    try:
+        update_readme(Path(a.root))
+    except (FileNotFoundError, ValueError) as e:
+        ap.error(str(e))
+
+
 if __name__ == "__main__":
-    update_readme(Path(sys.argv[1] if len(sys.argv) > 1 else "results/cpu"))
+    main()
