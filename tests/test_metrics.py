@@ -309,3 +309,5 @@ def test_verdict_and_amortisation_ceiling_are_paired_ratios():
     assert c.best_method == "kernelshap-1000" and c.n_images == 2
     assert c.tve_over_target == pytest.approx(0.4 / 0.5) and c.target_over_best == pytest.approx(0.5 / 0.8)
     assert c.tve_over_best == pytest.approx(v.ratio)  # the split is an identity on the same images
+    # the paired amortisation ratio alone uses all four images TVE and occlusion share
+    assert c.n_images_target == 4 and c.tve_over_target_all == pytest.approx(1.0 / 1.2)

@@ -109,7 +109,8 @@ def test_tve_outputs(smoke_results):
 
 def test_fidelity_diagnostics(smoke_results):
     ceiling = pd.read_csv(smoke_results / "fidelity" / "tve_ceiling.csv")
-    assert len(ceiling) and ceiling[["tve_over_target", "target_over_best"]].notna().all().all()
+    assert len(ceiling) and ceiling[["tve_over_target", "target_over_best", "tve_over_target_all"]].notna().all().all()
+    assert (ceiling.n_images_target >= ceiling.n_images).all()
     np_ = ceiling.tve_over_target * ceiling.target_over_best
     assert (np_ - ceiling.tve_over_best).abs().max() < 1e-9
     abl = pd.read_csv(smoke_results / "fidelity" / "ablations.csv")

@@ -61,7 +61,8 @@ def amortisation_ceiling(per_image: pd.DataFrame, metric: str = "fid_plus_auc",
     method at a large budget runs on a subset), so ``tve_over_best = tve_over_target ×
     target_over_best`` is TVE / best on those images: ``tve_over_target`` (how well TVE amortises
     its target), ``target_over_best`` (how good the target quantity itself is against the best
-    other method).
+    other method). ``tve_over_target_all``: TVE / the target on every image both were scored on
+    (``n_images_target``), the issue's paired amortisation ratio on more images than the three-way split.
     """
     rows = []
     for (b, t, h), by in _settings(per_image, metric):
@@ -80,6 +81,9 @@ def amortisation_ceiling(per_image: pd.DataFrame, metric: str = "fid_plus_auc",
             continue
         r, lab, common = best
         mt, mo = by["tve"].loc[common].mean(), by[target].loc[common].mean()
+        both = by["tve"].index.intersection(by[target].index)  # every image both were scored on
         rows.append(dict(backbone=b, task=t, head=h, tve_over_target=mt / mo, best_method=lab,
-                         target_over_best=r, tve_over_best=mt / mo * r, n_images=len(common)))
+                         target_over_best=r, tve_over_best=mt / mo * r, n_images=len(common),
+                         tve_over_target_all=by["tve"].loc[both].mean() / by[target].loc[both].mean(),
+                         n_images_target=len(both)))
     return pd.DataFrame(rows)

@@ -207,8 +207,10 @@ def in_domain_finding(df: pd.DataFrame | None) -> str:
 
 
 def fidelity_ratio_finding(ratios: pd.Series) -> str:
-    """Notebook 03b: TVE ÷ window occlusion Fid⁺ AUC per setting, against the targets."""
-    return (f"TVE ÷ window occlusion Fid⁺ AUC over the {len(ratios)} settings: median {ratios.median():.3f} "
+    """Notebook 03: TVE ÷ window occlusion Fid⁺ AUC per setting (paired on every image both were scored on),
+    against the targets."""
+    return (f"TVE ÷ window occlusion Fid⁺ AUC, paired on every image both were scored on, over the {len(ratios)} "
+            f"settings: median {ratios.median():.3f} "
             f"(target ≥ {FID_RATIO_MEDIAN_OK:g}: {_met(ratios.median() >= FID_RATIO_MEDIAN_OK)}), worst "
             f"{ratios.min():.3f} (target ≥ {FID_RATIO_WORST_OK:g}: {_met(ratios.min() >= FID_RATIO_WORST_OK)}).")
 
