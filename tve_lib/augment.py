@@ -17,8 +17,8 @@ placed at random, at an intensity of 0.6-1, and blurred as the low-resolution co
 strokes from a source outside every task. ``"composite_strokes"`` splits that last third between those letters
 and scribbles: one to three random pen strokes per image (cubic Bezier curves and elliptic arcs, of a random
 width), drawn antialiased and blurred the same way: loops and bends that no font and no upstream item shows.
-Built once, deterministically, in memory; the rest of the set is
-untouched, so the explainer still sees the original distribution.
+Built once, deterministically, in memory; the rest of the set is untouched, so the explainer still sees the
+original distribution.
 """
 
 from __future__ import annotations
