@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import pytest
@@ -31,8 +32,9 @@ def smoke():
 
 
 def tiny_backbone(name: str = "vit", seed: int = 0, num_classes: int = 10):
-    """A tiny random timm backbone of the smoke profile (vit, deit with 2 prefix tokens, swin)."""
-    p = get_profile("smoke")
+    """A tiny random timm backbone of the smoke profile (vit, deit with 2 prefix tokens, swin), in fp32 ("auto" on
+    CPU) whatever the machine: the property tests compare with closed forms; bf16 has its own (test_precision)."""
+    p = dataclasses.replace(get_profile("smoke"), precision="auto")
     torch.manual_seed(seed)
     spec = p.backbone(name)
     return wrap(create_model(spec, num_classes), spec, p)

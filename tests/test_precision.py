@@ -85,8 +85,9 @@ def test_full_precision_gives_exactly_the_fp32_result_and_nests(name):
 
 @pytest.mark.parametrize("name", ["vit", "deit", "swin"])
 def test_auto_on_cpu_is_exactly_todays_fp32_path(name):
-    bb = tiny_backbone(name)  # wrap() with the smoke profile: precision "auto", no compile
-    assert bb.precision == "auto" == get_profile("smoke").precision == get_profile("cpu").precision
+    bb = tiny_backbone(name)  # wrap() with the smoke profile at precision "auto", no compile
+    assert bb.precision == "auto"
+    assert get_profile("smoke").precision == "native" == get_profile("cpu").precision == get_profile("paper").precision
     assert bb.amp_dtype is None and bb.compute_dtype == torch.float32
     x = _images(bb)
     off = copy.deepcopy(bb)
@@ -110,8 +111,7 @@ def test_auto_resolves_bf16_only_on_cuda_and_the_explicit_settings_everywhere():
 
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_native_is_bf16_exactly_where_the_cpu_has_bf16_instructions(monkeypatch, has_bf16):
-    """"native" (the paper profile's) follows the CPU's bf16 instructions; "auto" on CPU never does (the cpu and
-    smoke profiles stay fp32 on any machine)."""
+    """"native" (every profile's) follows the CPU's bf16 instructions; "auto" on CPU never does."""
     import tve_lib.precision as precision
 
     monkeypatch.setattr(precision, "cpu_bf16", lambda: has_bf16)
@@ -122,6 +122,37 @@ def test_native_is_bf16_exactly_where_the_cpu_has_bf16_instructions(monkeypatch,
     assert bb.amp_dtype == (torch.bfloat16 if has_bf16 else None)
     with bb.full_precision():  # a reference stays fp32 under "native" too
         assert bb.amp_dtype is None
+
+
+@pytest.mark.parametrize("name", ["vit", "swin"])
+def test_native_on_cpu_autocasts_inference_only(monkeypatch, name):
+    """Under "native" on a CPU with bf16 instructions, passes without gradients run in bf16 and passes that
+    record gradients (training steps, gradient explainers) are exactly the fp32 calls; "bf16" autocasts both."""
+    import tve_lib.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: True)
+    bb = tiny_backbone(name)
+    bb.precision = "native"
+    x = _images(bb)
+    with torch.no_grad():
+        assert bb.pass_dtype() == torch.bfloat16 == bb.amp_dtype == bb.compute_dtype
+        assert BF16_MIN_REL < _rel(bb.embed(x), _plain_embed(bb, x)).min() < BF16_REL_TOL
+    assert torch.is_grad_enabled() and bb.pass_dtype() is None and bb.amp_dtype == torch.bfloat16
+    xg = x.clone().requires_grad_(True)
+    got = bb.logits(xg)
+    assert got.requires_grad and torch.equal(got, bb.model(x))
+    cfg = get_profile("smoke").tve
+    torch.manual_seed(0)
+    model = build_explainer(bb, cfg)
+    with torch.no_grad():
+        inp, base = model.prepare(bb, x)
+        pk, _ = explainer_forward(model, bb, inp, base)
+    trained = explainer_forward(model, bb, inp, base)  # a training step's forward: fp32, the plain call
+    assert all(torch.equal(a, b) for a, b in zip(trained, model(inp, base)))
+    assert BF16_MIN_REL < _rel(pk, trained[0].detach()).max() < BF16_REL_TOL
+    bb.precision = "bf16"
+    assert bb.pass_dtype() == torch.bfloat16  # asked for explicitly: gradients too
+    assert not torch.is_autocast_enabled("cpu")
 
 
 # ----------------------------------------------------------------------------- compile
@@ -299,6 +330,7 @@ def test_precision_from_the_environment(monkeypatch, tmp_path):
     from tve_lib.config import COMPILE_ENV, PRECISION_ENV
     from tve_lib.studies.suite import Suite
 
+    monkeypatch.setenv(PRECISION_ENV, "fp32")  # the smoke profile's "native" is bf16 on a CPU with bf16 instructions
     plain = Suite("smoke", results_dir=str(tmp_path), device="cpu")
     monkeypatch.setenv(PRECISION_ENV, "bf16")
     monkeypatch.setenv(COMPILE_ENV, "eager")

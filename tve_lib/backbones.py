@@ -11,7 +11,9 @@ Precision and compilation (the profile's ``precision`` and ``compile``, set by `
 passes (`Backbone.embed`, `player_tokens`, `logits`) run under ``torch.autocast`` when
 `Backbone.amp_dtype` is set (``"auto"``: bf16 on a CUDA device that supports it, none on CPU, where
 the passes are exactly the plain fp32 calls) and always return float32; `Backbone.full_precision`
-turns autocast off for exact references. With a ``compile`` backend the passes are
+turns autocast off for exact references. ``"native"`` on a CPU with bf16 instructions autocasts only the
+passes that record no gradient (`Backbone.pass_dtype`): there bf16 inference is faster than fp32 and a bf16
+training step slower. With a ``compile`` backend the passes are
 ``torch.compile``d lazily, as functions of the model (no wrapper module: state dicts and weight
 digests are unchanged); `Backbone.uncompiled` runs them eagerly (hooks on the model's modules).
 """
@@ -101,10 +103,25 @@ class Backbone(nn.Module):
         """The dtype the passes compute in: the autocast dtype, else the weights' (float32)."""
         return self.amp_dtype or self.mean.dtype
 
-    def autocast(self):
-        """``torch.autocast`` at `amp_dtype` on the backbone's device; a no-op context without one
-        (the TVE explainer's forward runs in it, `tve_lib.explainers.tve_model.explainer_forward`)."""
+    def pass_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of a pass run here and now: `amp_dtype`, except that ``"native"`` on a CPU keeps
+        passes that record gradients (training steps, gradient explainers) in fp32.
+
+        Measured on the cpu profile's shapes (2 threads, AMX; docs/benchmarks.md, "bf16 inference on this CPU"):
+        bf16 autocast makes inference 1.6x (ViT) to 2.1x (Swin) faster but a training step 1.6x slower, the
+        casts of many small operations costing more than the bf16 matrix units save. `amp_dtype` (the dtype of
+        the no-gradient passes) is what cache keys and throughput tables record.
+        """
         dt = self.amp_dtype
+        if (dt is not None and self.precision == "native" and self.mean.device.type == "cpu"
+                and torch.is_grad_enabled()):
+            return None
+        return dt
+
+    def autocast(self):
+        """``torch.autocast`` at `pass_dtype` on the backbone's device; a no-op context without one
+        (the TVE explainer's forward runs in it, `tve_lib.explainers.tve_model.explainer_forward`)."""
+        dt = self.pass_dtype()
         return nullcontext() if dt is None else torch.autocast(self.mean.device.type, dtype=dt)
 
     @contextmanager
@@ -147,8 +164,8 @@ class Backbone(nn.Module):
         return self._compiled[name]
 
     def _amp(self, fn: Callable, *args):
-        """``fn(*args)``, under autocast when `amp_dtype` is set (floating outputs as float32)."""
-        dt = self.amp_dtype
+        """``fn(*args)``, under autocast when `pass_dtype` is set (floating outputs as float32)."""
+        dt = self.pass_dtype()
         if dt is None:
             return fn(*args)
         with torch.autocast(self.mean.device.type, dtype=dt):

@@ -50,6 +50,10 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu", img_size=32, upstream="fashion_mnist", tasks=CPU_TASKS,
         backbones=_tiny_backbones(64, 4, 48), mean=FASHION_MEAN, std=FASHION_STD,
+        # the backbone's passes without gradients (target stores, tokens, metrics) in bf16 on a CPU with bf16
+        # instructions: 1.6-2.1x faster there, the probe's Spearman within one retraining's noise; training steps
+        # stay fp32 (docs/benchmarks.md, "bf16 inference on this CPU"); fp32 on any other CPU
+        precision="native",
         # dense budgets around the profile's (3000 images x 80 epochs): 1/32x of its training up to twice its
         # images and training (above the profile's budget); online (K = 1) from 1,000 image-steps to 32x that
         scaling=ScalingConfig(dense=((250, 30), (500, 60), (1000, 90), (3000, 80), (6000, 80)),
@@ -58,6 +62,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", img_size=32, upstream="fashion_mnist", tasks=CPU_TASKS,
         backbones=_tiny_backbones(32, 2, 32), mean=FASHION_MEAN, std=FASHION_STD,
+        precision="native",  # as cpu: the notebooks' test runs the cpu profile's path
         n_upstream_val=256,
         backbone_train=BackboneTrain(epochs=1, n_images=2048, batch_size=128),
         head_train=HeadTrain(epochs=10),

@@ -120,13 +120,30 @@ def package_versions() -> dict[str, str]:
 
 
 def device_info(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Device name and thread count, so every result says where it was measured."""
+    """Device name and thread count, so every result says where it was measured; for the CPU also its model and
+    whether it has bf16 instructions (which decide what precision ``"native"`` runs in)."""
+    from .precision import cpu_bf16
+
     device = torch.device(device)
     info: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(),
-                            "cpu": platform.processor() or platform.machine()}
+                            "cpu": platform.processor() or platform.machine(), "cpu_bf16": cpu_bf16()}
+    model = _cpu_model()
+    if model:
+        info["cpu_model"] = model
     if device.type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def provenance(parameters: dict[str, Any], seed: int, device: str, wall_s: float | None = None,

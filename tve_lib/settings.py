@@ -69,9 +69,10 @@ class TVEConfig:
     # "online": K windows drawn per image per step, targets computed on the fly (upstream sets too big to store)
     sampler: str = "dense"
     target_dtype: str = "float16"  # the target store's precision
-    # masked copies per backbone call when computing targets: 128 runs the tiny cpu backbones ~2x faster
-    # than 1024 (cache-resident activations; measured, docs/benchmarks.md); larger on a GPU
-    target_batch_size: int = 128
+    # masked copies per backbone call when computing targets: 128-256 run the tiny cpu backbones ~2x faster
+    # than 1024 (cache-resident activations); 256 beat 128 by 5-12 % in bf16 and fp32 on the AMX machine
+    # (docs/benchmarks.md, "bf16 inference on this CPU"); larger on a GPU
+    target_batch_size: int = 256
     tap_layers: int = 4  # the tapped shapes: how many of the backbone's last token maps it reads
     tap_pixels: bool = True  # the tapped shapes: also each player's own pixels
     # weight of the within-image part of the squared error (every window only): 1 = the plain MSE

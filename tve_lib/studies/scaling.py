@@ -22,6 +22,7 @@ from ..config import TVEConfig
 from ..explainers.tve import exact_window_embeddings, transfer_rule
 from ..explainers.tve_targets import backbone_digest
 from ..heads import HEAD_KINDS, head_logits
+from ..precision import dtype_name
 from ..schema import SCALING_COLUMNS
 from .fidelity import evaluation_indices
 from .transfer import trivial_ratio
@@ -106,7 +107,7 @@ def scaling_row(probe: ScalingProbe, cfg: TVEConfig) -> tuple[dict, pd.DataFrame
                fid_plus_ratio_to_occlusion=per.fid_plus_ratio_to_occlusion.median(), seed=suite.seed,
                transfer_spearman_min=per.spearman.min(), target_seconds=hist[-1].get("target_seconds", 0.0),
                depth=cfg.depth, embed_dim=cfg.embed_dim, n_test_images=probe.n_images, augment=cfg.augment,
-               backbone_weights=probe.weights,
+               backbone_weights=probe.weights, dtype=dtype_name(probe.bb.compute_dtype),  # of the targets' passes
                wall_seconds=time.time() - t0)
     return row, per.assign(backbone=b, sampler=cfg.sampler, arch=cfg.arch, n_images=n, epochs=cfg.epochs,
                            augment=cfg.augment)
