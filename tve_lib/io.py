@@ -21,6 +21,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .precision import cpu_bf16
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -122,8 +124,6 @@ def package_versions() -> dict[str, str]:
 def device_info(device: str | torch.device = "cpu") -> dict[str, Any]:
     """Device name and thread count, so every result says where it was measured; for the CPU also its model and
     whether it has bf16 instructions (which decide what precision ``"native"`` runs in)."""
-    from .precision import cpu_bf16
-
     device = torch.device(device)
     info: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(),
                             "cpu": platform.processor() or platform.machine(), "cpu_bf16": cpu_bf16()}
