@@ -125,9 +125,11 @@ def test_native_is_bf16_exactly_where_the_cpu_has_bf16_instructions(monkeypatch,
 
 
 @pytest.mark.parametrize("name", ["vit", "swin"])
-def test_native_on_cpu_autocasts_inference_only(monkeypatch, name):
-    """Under "native" on a CPU with bf16 instructions, passes without gradients run in bf16 and passes that
-    record gradients (training steps, gradient explainers) are exactly the fp32 calls; "bf16" autocasts both."""
+def test_native_on_cpu_autocasts_inference_and_training_steps(monkeypatch, name):
+    """Under "native" on a CPU with bf16 instructions, passes without gradients and the training steps of the
+    suite's own models (`Backbone.training_autocast`) run in bf16, the latter with unfused attention; the
+    backbone's passes that record gradients (gradient explainers, LTX) are exactly the fp32 calls; "bf16"
+    autocasts them too."""
     import tve_lib.precision as precision
 
     monkeypatch.setattr(precision, "cpu_bf16", lambda: True)
@@ -135,7 +137,7 @@ def test_native_on_cpu_autocasts_inference_only(monkeypatch, name):
     bb.precision = "native"
     x = _images(bb)
     with torch.no_grad():
-        assert bb.pass_dtype() == torch.bfloat16 == bb.amp_dtype == bb.compute_dtype
+        assert bb.pass_dtype() == torch.bfloat16 == bb.amp_dtype == bb.compute_dtype == bb.train_dtype
         assert BF16_MIN_REL < _rel(bb.embed(x), _plain_embed(bb, x)).min() < BF16_REL_TOL
     assert torch.is_grad_enabled() and bb.pass_dtype() is None and bb.amp_dtype == torch.bfloat16
     xg = x.clone().requires_grad_(True)
@@ -147,11 +149,44 @@ def test_native_on_cpu_autocasts_inference_only(monkeypatch, name):
     with torch.no_grad():
         inp, base = model.prepare(bb, x)
         pk, _ = explainer_forward(model, bb, inp, base)
-    trained = explainer_forward(model, bb, inp, base)  # a training step's forward: fp32, the plain call
-    assert all(torch.equal(a, b) for a, b in zip(trained, model(inp, base)))
-    assert BF16_MIN_REL < _rel(pk, trained[0].detach()).max() < BF16_REL_TOL
+        plain = model(inp, base)
+    trained = explainer_forward(model, bb, inp, base)  # a training step's forward: bf16, float32 out
+    assert all(t.dtype == torch.float32 and t.requires_grad for t in trained)
+    for a, b in zip(trained, plain):
+        assert BF16_MIN_REL < _rel(a.detach(), b).max() < BF16_REL_TOL
+    assert _rel(pk, trained[0].detach()).max() < BF16_REL_TOL  # bf16 both: fused and unfused attention
     bb.precision = "bf16"
     assert bb.pass_dtype() == torch.bfloat16  # asked for explicitly: gradients too
+    assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("name", ["vit", "deit"])  # timm's Swin attention is unfused by default
+def test_training_autocast_unfuses_attention_and_restores_it(monkeypatch, name):
+    """`Backbone.training_autocast` on a CPU: bf16 autocast with timm's unfused attention inside, which is the
+    fused kernel's computation (fp32: equal to rounding), and every module's flag back as it was after, also
+    when the step raises; in fp32 ("auto" on a CPU) it is no context at all."""
+    import tve_lib.precision as precision
+
+    bb = tiny_backbone(name)
+    mods = [m for m in bb.model.modules() if hasattr(m, "fused_attn")]
+    assert mods and all(m.fused_attn for m in mods)
+    x = _images(bb)
+    with torch.no_grad():
+        fused = bb.model(x)
+        with precision.unfused_attention(bb.model):
+            assert not any(m.fused_attn for m in mods)
+            torch.testing.assert_close(bb.model(x), fused, rtol=1e-5, atol=1e-5)
+    assert all(m.fused_attn for m in mods)
+    with bb.training_autocast(bb.model):  # "auto" on a CPU: fp32, fused, nothing changed
+        assert bb.train_dtype is None and not torch.is_autocast_enabled("cpu") and all(m.fused_attn for m in mods)
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: True)
+    bb.precision = "native"
+    with pytest.raises(RuntimeError, match="inside"):
+        with bb.training_autocast(bb.model):
+            assert torch.is_autocast_enabled("cpu") and not any(m.fused_attn for m in mods)
+            out = bb.model(x)
+            raise RuntimeError("inside")
+    assert out.dtype == torch.bfloat16 and all(m.fused_attn for m in mods)
     assert not torch.is_autocast_enabled("cpu")
 
 
@@ -336,7 +371,8 @@ def test_precision_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(COMPILE_ENV, "eager")
     s = Suite("smoke", results_dir=str(tmp_path), device="cpu")
     assert (s.profile.precision, s.profile.compile) == ("bf16", "eager")
-    assert s._bb_key("vit") == plain._bb_key("vit") + "_bfloat16"
+    # the suite's own backbones and the explainers trained under the autocast too: "_train"
+    assert s._bb_key("vit") == plain._bb_key("vit") + "_bfloat16_train"
     monkeypatch.setenv(PRECISION_ENV, "half")
     with pytest.raises(ValueError, match="unknown precision 'half'"):
         Suite("smoke", results_dir=str(tmp_path), device="cpu")

@@ -1,6 +1,6 @@
 """Training and obtaining the profile's backbones: supervised training on the upstream set (cpu and
-smoke, resumable per epoch, cached by config digest) or pretrained weights (paper), as frozen
-`tve_lib.backbones.Backbone` objects."""
+smoke, resumable per epoch, cached by config digest; the steps under the backbone's training autocast) or
+pretrained weights (paper), as frozen `tve_lib.backbones.Backbone` objects."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .cache import digest, load_or_train
 from .config import BackboneTrain, Profile
 from .imagesets import ImageSet, iter_batches
 from .io import checkpoint, resume, save_torch
+from .precision import dtype_name
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -40,7 +41,8 @@ def _backbone_epoch(bb: Backbone, train: ImageSet, cfg: BackboneTrain, objs: dic
         if cfg.augment:
             x = _augment(x, gen)
         y = y.to(device)
-        out = model(x)
+        with bb.training_autocast(model):
+            out = model(x).float()
         loss = F.cross_entropy(out, y, label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -58,7 +60,8 @@ def train_backbone(bb: Backbone, train: ImageSet, profile: Profile, ckpt: Path, 
     cfg = profile.backbone_train
     model = bb.model
     model.train().requires_grad_(True)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=device.type in ("cpu", "cuda"))  # one pass over the weights per step
     n = min(cfg.n_images, len(train))
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -106,7 +109,9 @@ def obtain_backbone(profile: Profile, name: str, ckpt_dir: Path, device: torch.d
     if spec.pretrained:
         return bb, []
     key = profile.digest("img_size", "backbone_train", "mean", "std")
-    ckpt = Path(ckpt_dir) / f"backbone_{name}_{digest(spec, seed, key)}.pt"
+    # trained under bf16 autocast: other weights (fp32 keys as they were)
+    amp = () if bb.train_dtype is None else (("train_dtype", dtype_name(bb.train_dtype)),)
+    ckpt = Path(ckpt_dir) / f"backbone_{name}_{digest(spec, seed, key, *amp)}.pt"
 
     def restore(s: dict) -> tuple[Backbone, list[dict]]:
         bb.model.load_state_dict(s["model"])

@@ -11,9 +11,10 @@ Precision and compilation (the profile's ``precision`` and ``compile``, set by `
 passes (`Backbone.embed`, `player_tokens`, `logits`) run under ``torch.autocast`` when
 `Backbone.amp_dtype` is set (``"auto"``: bf16 on a CUDA device that supports it, none on CPU, where
 the passes are exactly the plain fp32 calls) and always return float32; `Backbone.full_precision`
-turns autocast off for exact references. ``"native"`` on a CPU with bf16 instructions autocasts only the
-passes that record no gradient (`Backbone.pass_dtype`): there bf16 inference is faster than fp32 and a bf16
-training step slower. With a ``compile`` backend the passes are
+turns autocast off for exact references. ``"native"`` on a CPU with bf16 instructions autocasts the
+passes that record no gradient (`Backbone.pass_dtype`) and the training steps of the suite's own models
+(`Backbone.training_autocast`: the backbones' and the TVE explainer's, with unfused attention); the gradient
+explainers' and LTX's passes through the backbone stay fp32 there. With a ``compile`` backend the passes are
 ``torch.compile``d lazily, as functions of the model (no wrapper module: state dicts and weight
 digests are unchanged); `Backbone.uncompiled` runs them eagerly (hooks on the model's modules).
 """
@@ -33,7 +34,7 @@ from torch import nn
 from .config import BackboneSpec, Profile
 from .masking import apply_mask
 from .operators import RemovalOperator
-from .precision import amp_dtype_for, check_compile_backend, to_float32
+from .precision import amp_dtype_for, check_compile_backend, to_float32, unfused_attention
 
 
 def derive_grid(model: nn.Module, img_size: int, max_grid: int) -> tuple[int, int]:
@@ -104,19 +105,42 @@ class Backbone(nn.Module):
         return self.amp_dtype or self.mean.dtype
 
     def pass_dtype(self) -> torch.dtype | None:
-        """The autocast dtype of a pass run here and now: `amp_dtype`, except that ``"native"`` on a CPU keeps
-        passes that record gradients (training steps, gradient explainers) in fp32.
+        """The autocast dtype of a pass through the backbone run here and now: `amp_dtype`, except that
+        ``"native"`` on a CPU keeps passes that record gradients (gradient explainers, LTX's masks) in fp32.
 
         Measured on the cpu profile's shapes (2 threads, AMX; docs/benchmarks.md, "bf16 inference on this CPU"):
-        bf16 autocast makes inference 1.6x (ViT) to 2.1x (Swin) faster but a training step 1.6x slower, the
-        casts of many small operations costing more than the bf16 matrix units save. `amp_dtype` (the dtype of
-        the no-gradient passes) is what cache keys and throughput tables record.
+        bf16 autocast makes inference 1.6x (ViT) to 2.1x (Swin) faster. `amp_dtype` (the dtype of the
+        no-gradient passes) is what cache keys and throughput tables record. Training steps use
+        `training_autocast`.
         """
         dt = self.amp_dtype
         if (dt is not None and self.precision == "native" and self.mean.device.type == "cpu"
                 and torch.is_grad_enabled()):
             return None
         return dt
+
+    @property
+    def train_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of `training_autocast` (None: fp32 steps): `amp_dtype`, on any device."""
+        return self.amp_dtype
+
+    @contextmanager
+    def training_autocast(self, *models: nn.Module) -> Iterator[None]:
+        """A training step's forward of ``models`` (this backbone's own model, a TVE explainer) at `train_dtype`;
+        the loss is computed on float32 outputs after it (bf16 needs no gradient scaling).
+
+        On a CPU the models' timm attention modules take their unfused path inside (`unfused_attention`): the
+        fused kernel's bf16 backward is several times slower there, so that with it a bf16 step was 1.6x slower
+        than fp32, and without it 21-34 % faster (cpu profile's shapes, 2 threads, AMX; docs/benchmarks.md,
+        "bf16 training steps on this CPU").
+        """
+        dt = self.train_dtype
+        if dt is None:
+            yield
+            return
+        device = self.mean.device.type
+        with torch.autocast(device, dtype=dt), (unfused_attention(*models) if device == "cpu" else nullcontext()):
+            yield
 
     def autocast(self):
         """``torch.autocast`` at `pass_dtype` on the backbone's device; a no-op context without one

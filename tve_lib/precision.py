@@ -5,8 +5,11 @@ which ``torch.compile`` backends exist, and the ``dtype`` names the throughput t
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+from torch import nn
 
 from .config import PRECISIONS
 
@@ -44,6 +47,23 @@ def _cuda_bf16(index: int | None) -> bool:
     """Whether the CUDA device supports bf16 (asked once per device: every model pass reads it)."""
     with torch.cuda.device(index if index is not None else torch.cuda.current_device()):
         return torch.cuda.is_bf16_supported()
+
+
+@contextmanager
+def unfused_attention(*models: nn.Module) -> Iterator[None]:
+    """Inside the block, every timm attention module of ``models`` (a ``fused_attn`` flag) takes its unfused path
+    (matmul, softmax, matmul); the flags are restored after. For bf16 training steps on a CPU: there the fused
+    kernel's bf16 backward is several times slower than its fp32 one, the unfused path is not (docs/benchmarks.md,
+    "bf16 training steps on this CPU")."""
+    mods = [m for model in models for m in model.modules() if hasattr(m, "fused_attn")]
+    saved = [m.fused_attn for m in mods]
+    for m in mods:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(mods, saved):
+            m.fused_attn = flag
 
 
 def check_compile_backend(backend: str) -> str:

@@ -18,8 +18,9 @@ trunk shapes, tapped tokens for ``"tapped"``; ``base`` is the full-image embeddi
 residual remove branch adds to its prediction (and that the transfer rule uses to pick ``y``).
 
 Training and explaining call the model through `explainer_forward`: under the backbone's autocast
-(`Backbone.pass_dtype`: bf16 on a GPU by default; on a CPU under "native", explaining only) with float32
-outputs, so losses and the transfer rule stay fp32; without an autocast dtype (fp32) it is the plain call.
+(`Backbone.training_autocast`, `Backbone.autocast`: bf16 on a GPU, and under "native" on a CPU with bf16
+instructions) with float32 outputs, so losses and the transfer rule stay fp32; without an autocast dtype (fp32)
+it is the plain call.
 """
 
 from __future__ import annotations
@@ -162,14 +163,21 @@ def explainer_forward(model: nn.Module, backbone, inputs: torch.Tensor, base: to
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Φ⁺, Φ⁻) = model(inputs, base)`` under ``backbone``'s autocast (`Backbone.autocast`), as float32.
 
-    The same precision in pre-training, held-out losses and explaining (except under "native" on a CPU, where
-    the training steps run in fp32); bf16 needs no gradient scaling. Without an autocast dtype (fp32) this is
-    exactly ``model(inputs, base)``.
+    The same precision in pre-training (`Backbone.training_autocast` while gradients are recorded), held-out
+    losses and explaining (`Backbone.autocast`); bf16 needs no gradient scaling. Without an autocast dtype
+    (fp32) this is exactly ``model(inputs, base)``.
     """
-    pass_dtype = getattr(backbone, "pass_dtype", None)
-    if pass_dtype is None or pass_dtype() is None:
+    if not hasattr(backbone, "pass_dtype"):
         return model(inputs, base)
-    with backbone.autocast():
+    if torch.is_grad_enabled():
+        if backbone.train_dtype is None:
+            return model(inputs, base)
+        ctx = backbone.training_autocast(model)
+    elif backbone.pass_dtype() is None:
+        return model(inputs, base)
+    else:
+        ctx = backbone.autocast()
+    with ctx:
         pk, pr = model(inputs, base)
     return pk.float(), pr.float()
 

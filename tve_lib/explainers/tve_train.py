@@ -7,7 +7,8 @@ for upstream sets too large to store. Both take the first ``n_images`` of the sa
 the upstream set and shuffle it every epoch, so with ``K >= G²`` (every window) the online sampler
 follows the dense one step for step. The loss is the mean squared error over the supervised
 windows, D and the batch, for both branches (`tve_loss`). The explainer's forward runs under the
-backbone's autocast (`tve_model.explainer_forward`: bf16 on a GPU by default, none on CPU) and the loss
+backbone's training autocast (`tve_model.explainer_forward`: bf16 on a GPU, and under "native" on a CPU with
+bf16 instructions) and the loss
 in fp32; bf16 keeps fp32's exponent range, so no gradient scaling is needed.
 """
 

@@ -108,6 +108,7 @@ def scaling_row(probe: ScalingProbe, cfg: TVEConfig) -> tuple[dict, pd.DataFrame
                transfer_spearman_min=per.spearman.min(), target_seconds=hist[-1].get("target_seconds", 0.0),
                depth=cfg.depth, embed_dim=cfg.embed_dim, n_test_images=probe.n_images, augment=cfg.augment,
                backbone_weights=probe.weights, dtype=dtype_name(probe.bb.compute_dtype),  # of the targets' passes
+               train_dtype=dtype_name(probe.bb.train_dtype or torch.float32),  # of the training steps
                wall_seconds=time.time() - t0)
     return row, per.assign(backbone=b, sampler=cfg.sampler, arch=cfg.arch, n_images=n, epochs=cfg.epochs,
                            augment=cfg.augment)

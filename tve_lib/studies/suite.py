@@ -175,8 +175,11 @@ class Suite:
     def _bb_key(self, name: str) -> str:
         # embeddings, heads and explainers computed under autocast are other numbers (fp32 keys unchanged)
         amp = amp_dtype_for(self.profile.precision, self.device)
+        # training steps under that autocast too (`Backbone.training_autocast`): the suite's own backbones on any
+        # device, the explainers on a CPU (on a GPU they always were), so their keys differ from earlier ones
+        trained = not self.profile.backbone(name).pretrained or self.device.type == "cpu"
         return (f"{name}_{self.profile.digest('img_size', 'backbones', 'backbone_train')}_s{self.seed}"
-                + ("" if amp is None else f"_{dtype_name(amp)}"))
+                + ("" if amp is None else f"_{dtype_name(amp)}" + ("_train" if trained else "")))
 
     def embeddings(self, backbone: str, task: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings ``[N, D]`` and labels of a task split (cached)."""
