@@ -50,9 +50,10 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu", img_size=32, upstream="fashion_mnist", tasks=CPU_TASKS,
         backbones=_tiny_backbones(64, 4, 48), mean=FASHION_MEAN, std=FASHION_STD,
-        # the backbone's passes without gradients (target stores, tokens, metrics) in bf16 on a CPU with bf16
-        # instructions: 1.6-2.1x faster there, the probe's Spearman within one retraining's noise; training steps
-        # stay fp32 (docs/benchmarks.md, "bf16 inference on this CPU"); fp32 on any other CPU
+        # on a CPU with bf16 instructions, the backbone's passes without gradients (target stores, tokens,
+        # metrics) in bf16, 1.6-2.1x faster there, and the training steps of the backbones and the explainer,
+        # 21-34 % faster with unfused attention; the probe's Spearman within one retraining's noise
+        # (docs/benchmarks.md, "bf16 inference on this CPU", "bf16 training steps on this CPU"); fp32 elsewhere
         precision="native",
         # dense budgets around the profile's (3000 images x 80 epochs): 1/32x of its training up to twice its
         # images and training (above the profile's budget); online (K = 1) from 1,000 image-steps to 32x that

@@ -283,9 +283,10 @@ class Profile:
     # numeric precision of the frozen backbone's passes (embeddings, window targets, tapped tokens, logits) and
     # of the TVE explainer's forward (`tve_lib.backbones.Backbone.amp_dtype`): "auto" = bf16 autocast on a CUDA
     # device that supports it, fp32 elsewhere (a CPU run is today's fp32 path, bit for bit); "native" = also bf16
-    # on a CPU with bf16 instructions (AVX512-BF16, AMX) for the passes without gradients (`Backbone.pass_dtype`;
-    # every built-in profile's); "fp32"; "bf16" (autocast on any device). Exact references (Shapley enumeration,
-    # the exact window quantity) stay fp32
+    # on a CPU with bf16 instructions (AVX512-BF16, AMX) for the passes without gradients (`Backbone.pass_dtype`)
+    # and the training steps of the suite's backbones and explainer (`Backbone.training_autocast`; every built-in
+    # profile's); "fp32"; "bf16" (autocast on any device). Exact references (Shapley enumeration, the exact window
+    # quantity) stay fp32
     precision: str = "auto"
     # torch.compile backend of the backbone's passes ("inductor", "eager", ...); "" = not compiled
     compile: str = ""
