@@ -356,7 +356,10 @@ def test_the_loader_sections_paper_rows_take_the_running_profiles_precision(monk
     for precision, dtype in (("auto", "float32"), ("bf16", "bfloat16"),
                              (None, "bfloat16" if cpu_bf16() else "float32")):
         assert loading.fidelity_batch_row("cpu", batch_size=2, precision=precision)["dtype"] == dtype
-    assert loading.step_row("cpu", batch_size=1, precision="auto")["dtype"] == "float32"
+    row = loading.step_row("cpu", batch_size=1, precision="auto")
+    assert (row["dtype"], row["train_dtype"]) == ("float32", "float32")
+    row = loading.step_row("cpu", batch_size=1, precision="bf16")
+    assert (row["dtype"], row["train_dtype"]) == ("bfloat16", "bfloat16")
 
 
 def test_precision_from_the_environment(monkeypatch, tmp_path):

@@ -8,8 +8,7 @@ the upstream set and shuffle it every epoch, so with ``K >= G²`` (every window)
 follows the dense one step for step. The loss is the mean squared error over the supervised
 windows, D and the batch, for both branches (`tve_loss`). The explainer's forward runs under the
 backbone's training autocast (`tve_model.explainer_forward`: bf16 on a GPU, and under "native" on a CPU with
-bf16 instructions) and the loss
-in fp32; bf16 keeps fp32's exponent range, so no gradient scaling is needed.
+bf16 instructions) and the loss in fp32; bf16 keeps fp32's exponent range, so no gradient scaling is needed.
 """
 
 from __future__ import annotations

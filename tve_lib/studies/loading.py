@@ -77,9 +77,9 @@ def step_row(device: str | torch.device, backbone: str = "vit", batch_size: int 
     return dict(device=torch.device(device).type, threads=torch.get_num_threads(), backbone=backbone,
                 batch_size=batch_size, sampler=cfg.sampler, windows_per_image=cfg.windows_per_image,
                 arch=cfg.arch, seconds_per_step=s, images_per_s=batch_size / s,
-                # the dtype of the backbone's passes (the step's targets and tokens); under "native" on a CPU the
-                # explainer's own forward and backward run in fp32 (`Backbone.pass_dtype`)
-                dtype=dtype_name(bb.compute_dtype), **mem)
+                # the dtype of the backbone's passes (the step's targets and tokens), and of the explainer's own
+                # forward and backward (`Backbone.training_autocast`)
+                dtype=dtype_name(bb.compute_dtype), train_dtype=dtype_name(bb.train_dtype or torch.float32), **mem)
 
 
 def fidelity_batch_row(device: str | torch.device, backbone: str = "vit", batch_size: int = 32, n_classes: int = 10,
