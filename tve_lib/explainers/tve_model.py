@@ -167,17 +167,10 @@ def explainer_forward(model: nn.Module, backbone, inputs: torch.Tensor, base: to
     losses and explaining (`Backbone.autocast`); bf16 needs no gradient scaling. Without an autocast dtype
     (fp32) this is exactly ``model(inputs, base)``.
     """
-    if not hasattr(backbone, "pass_dtype"):
+    training = torch.is_grad_enabled()
+    if not hasattr(backbone, "pass_dtype") or (backbone.train_dtype if training else backbone.pass_dtype()) is None:
         return model(inputs, base)
-    if torch.is_grad_enabled():
-        if backbone.train_dtype is None:
-            return model(inputs, base)
-        ctx = backbone.training_autocast(model)
-    elif backbone.pass_dtype() is None:
-        return model(inputs, base)
-    else:
-        ctx = backbone.autocast()
-    with ctx:
+    with backbone.training_autocast(model) if training else backbone.autocast():
         pk, pr = model(inputs, base)
     return pk.float(), pr.float()
 
