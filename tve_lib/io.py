@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .allocator import allocator_info
 from .precision import cpu_bf16
 
 
@@ -154,6 +155,7 @@ def provenance(parameters: dict[str, Any], seed: int, device: str, wall_s: float
         "python": platform.python_version(),
         "packages": package_versions(),
         "device": device_info(device),
+        "allocator": allocator_info(),
         "parameters": parameters,
         "seed": seed,
         "wall_time_s": wall_s,
