@@ -4,12 +4,10 @@ import os
 import pytest
 import torch
 
-from tve_lib.allocator import tune_allocator
 from tve_lib.backbones import create_model, wrap
 from tve_lib.config import get_profile
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-tune_allocator()  # as in every Suite: the tests' passes reuse heap blocks too
 
 
 @pytest.fixture(scope="session")

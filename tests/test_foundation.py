@@ -2,8 +2,6 @@
 
 import dataclasses
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +10,12 @@ import pytest
 import torch
 from conftest import tiny_backbone
 
-from tve_lib import allocator
 from tve_lib import data as data_mod
 from tve_lib.backbone_training import obtain_backbone
 from tve_lib.backbones import Backbone, create_model, derive_grid, find_weights, wrap
 from tve_lib.config import BackboneSpec, get_profile
 from tve_lib.heads import check_head, fold_standardization, head_accuracy, make_head, train_head
-from tve_lib.io import CorruptCheckpoint, load_torch, provenance, save_torch, upsert_csv
+from tve_lib.io import CorruptCheckpoint, load_torch, save_torch, upsert_csv
 from tve_lib.masking import apply_mask, pool_map, top_k_mask, windows
 from tve_lib.studies.suite import Suite
 
@@ -405,22 +402,3 @@ def test_a_kill_during_a_csv_write_leaves_the_old_table(tmp_path):
     pd.testing.assert_frame_equal(load_tables(root, verbose=False)["summary"], old)
     write_csv(old.assign(value=0.6), path)  # the next write succeeds beside the leftover
     assert pd.read_csv(path).value.tolist() == [0.6]
-
-
-# ----------------------------------------------------------------------------- the C heap
-@pytest.mark.skipif(allocator._libc() is None, reason="glibc's mallopt: Linux with glibc only")
-def test_suite_raises_the_heap_thresholds_once_and_run_json_records_them(tmp_path):
-    Suite("smoke", results_dir=str(tmp_path))
-    info = allocator.allocator_info()
-    assert info == {"allocator": "glibc tuned", "mmap_threshold": allocator.MMAP_THRESHOLD,
-                    "trim_threshold": allocator.TRIM_THRESHOLD}
-    assert allocator.tune_allocator() == info  # a second Suite changes nothing
-    assert provenance({}, 0, "cpu")["allocator"] == info
-
-
-def test_tve_malloc_default_keeps_glibcs_settings(tmp_path):
-    code = ("from tve_lib import allocator; from tve_lib.io import provenance; "
-            "allocator.tune_allocator(); print(provenance({}, 0, 'cpu')['allocator'])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, allocator.ENV: "default"}, cwd=Path(__file__).parents[1])
-    assert out.stdout.strip() == "{'allocator': 'default'}"

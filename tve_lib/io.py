@@ -21,7 +21,6 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .allocator import allocator_info
 from .precision import cpu_bf16
 
 
@@ -155,7 +154,6 @@ def provenance(parameters: dict[str, Any], seed: int, device: str, wall_s: float
         "python": platform.python_version(),
         "packages": package_versions(),
         "device": device_info(device),
-        "allocator": allocator_info(),
         "parameters": parameters,
         "seed": seed,
         "wall_time_s": wall_s,

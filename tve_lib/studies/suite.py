@@ -20,7 +20,6 @@ import torch
 
 from .. import backbones as bbs
 from .. import data as data_mod
-from ..allocator import tune_allocator
 from ..backbone_training import evaluate_accuracy, obtain_backbone
 from ..cache import ItemCache, cached, digest, file_safe, load_or_train
 from ..config import Profile, env_overrides, get_profile
@@ -60,7 +59,6 @@ class Suite:
     def __init__(self, profile: str | Profile = "cpu", seed: int = 0, device: str = "auto",
                  data_dir: str | None = None, weights_dir: str | None = None,
                  results_dir: str = "results", overrides: dict[str, Any] | None = None):
-        tune_allocator()  # before the first tensor: every pass reuses heap blocks (tve_lib.allocator)
         self.profile = profile if isinstance(profile, Profile) else get_profile(profile, {**env_overrides(),
                                                                                       **(overrides or {})})
         self.seed = seed
