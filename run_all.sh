@@ -9,9 +9,24 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${TVE_VENV:-.venv}"
 
+# the x86_64 venv (a CUDA build of torch) takes about 6.3 GB: say so before pip fails half-way with ENOSPC
+VENV_NEEDS_GB="${TVE_VENV_NEEDS_GB:-7}"
+check_disk() {
+  local parent free_kb
+  parent="$(dirname "$(realpath -m "$VENV")")"
+  mkdir -p "$parent"
+  free_kb="$(df -Pk "$parent" | awk 'NR == 2 {print $4}')"
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt $((VENV_NEEDS_GB * 1024 * 1024)) ]; then
+    echo "[setup] error: creating $VENV needs about $VENV_NEEDS_GB GB free on the disk of $parent;" \
+         "only $((free_kb / 1024)) MB is free. Free some space, or set TVE_VENV to a folder on a larger disk." >&2
+    exit 1
+  fi
+}
+
 provision() {
   local py="$VENV/bin/python"
   if ! "$py" -c "import torch, torchvision, timm, papermill, captum, seaborn, sklearn, ipykernel, ipywidgets, playwright, tve_lib" 2>/dev/null; then
+    check_disk
     echo "[setup] creating $VENV (first run takes a few minutes)"
     python3 -m venv "$VENV"
     case "$(uname -m)" in

@@ -402,3 +402,17 @@ def test_a_kill_during_a_csv_write_leaves_the_old_table(tmp_path):
     pd.testing.assert_frame_equal(load_tables(root, verbose=False)["summary"], old)
     write_csv(old.assign(value=0.6), path)  # the next write succeeds beside the leftover
     assert pd.read_csv(path).value.tolist() == [0.6]
+
+
+# ----------------------------------------------------------------------------- setup
+def test_setup_refuses_a_disk_too_small_for_the_venv_before_pip_starts(tmp_path):
+    """`./run_all.sh` says how much space the venv needs, and where, instead of failing half-way in pip."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TVE_VENV=str(tmp_path / "venv"), TVE_VENV_NEEDS_GB="10000000")
+    r = subprocess.run([str(root / "run_all.sh"), "--setup-only"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1
+    assert "needs about 10000000 GB free" in r.stderr and "set TVE_VENV" in r.stderr
+    assert not (tmp_path / "venv").exists()  # nothing was created
