@@ -96,6 +96,14 @@ def test_time_call_never_synchronizes_on_cpu(monkeypatch):
     timing.time_call(lambda: None, 1, device="cpu", repeats=2, warmup=1)
 
 
+def test_machine_speed_times_its_two_reference_workloads():
+    """`machine_speed` reports the median of its timed repeats of each workload, in ms, with the thread count."""
+    ticks = iter(range(0, 1000, 2))  # every timed run takes 2 s on this clock
+    got = timing.machine_speed("cpu", repeats=3, clock=lambda: float(next(ticks)))
+    assert got["matmul_ms"] == got["block_step_ms"] == 2000.0
+    assert got["threads"] == torch.get_num_threads() and got["at"]
+
+
 @pytest.mark.parametrize("kw,msg", [(dict(repeats=0), "repeats"), (dict(warmup=-1), "warmup"),
                                     (dict(n_images=0), "n_images")])
 def test_time_call_rejects_bad_arguments(kw, msg):

@@ -71,6 +71,9 @@ def test_every_notebook_ran_and_wrote_its_files(smoke_results):
     assert names[:3] == ["00_backbones_and_data", "01_pretrain_tve", "02_transfer"]
     run = json.loads((smoke_results / "run.json").read_text())
     assert set(names) <= set(run["notebook_wall_s"]), "run.json lacks a notebook's wall time"
+    # the machine's speed before the run and after every notebook (`timing.machine_speed`)
+    assert {"start", *names} <= set(run["machine_speed"])
+    assert all(v["matmul_ms"] > 0 and v["block_step_ms"] > 0 for v in run["machine_speed"].values())
     assert run["git_commit"] and run["packages"]["torch"] and run["device"]["device"] == "cpu"
     for name in names:
         assert (smoke_results / "notebooks" / f"{name}.ipynb").exists()

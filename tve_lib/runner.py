@@ -54,6 +54,8 @@ def run(profile: str = "cpu", only: list[str] | None = None, keep_going: bool = 
     """Run the notebooks; returns a process exit code (0 when every notebook succeeded)."""
     import papermill as pm
 
+    from .timing import machine_speed
+
     results = Path(results_dir) if results_dir else REPO / "results"
     out_dir = results / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,14 +66,17 @@ def run(profile: str = "cpu", only: list[str] | None = None, keep_going: bool = 
     run_json = results / profile / "run.json"
     record = json.loads(run_json.read_text()) if run_json.exists() else {}
     walls = record.get("notebook_wall_s", {})
+    dev = device if device != "auto" else _auto_device()
+    # the machine's own speed before the run and after each notebook: a reader can tell a slower run from a
+    # slower machine (seconds of the reference workloads, `timing.machine_speed`)
+    speed = dict(record.get("machine_speed", {}), start=machine_speed(dev))
     status = 0
     t_all = time.time()
 
     def record_run() -> None:
         # after every notebook, so that a later notebook (07's report) and an interrupted run see this run
-        write_json(provenance(params, seed, device if device != "auto" else _auto_device(),
-                              round(time.time() - t_all, 1), profile=profile, notebook_wall_s=walls,
-                              total_notebook_wall_s=round(sum(walls.values()), 1)), run_json)
+        write_json(provenance(params, seed, dev, round(time.time() - t_all, 1), profile=profile, notebook_wall_s=walls,
+                              total_notebook_wall_s=round(sum(walls.values()), 1), machine_speed=speed), run_json)
 
     for nb in notebook_list(only):
         out = out_dir / nb.name
@@ -98,6 +103,7 @@ def run(profile: str = "cpu", only: list[str] | None = None, keep_going: bool = 
                 break
             continue
         walls[nb.stem] = round(time.time() - t0, 1)
+        speed[nb.stem] = machine_speed(dev)
         write_json({"commit": commit, "parameters": params, "wall_s": walls[nb.stem]}, stamp)
         print(f"[done] {nb.name} in {walls[nb.stem]:.0f} s", flush=True)
         record_run()

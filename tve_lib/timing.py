@@ -9,6 +9,8 @@
   map: `dry_run` uses it to get the call count and the explainer's own time of a method too
   expensive to run (KernelSHAP-1000 at ViT-B size on CPU).
 
+`machine_speed` times a fixed reference workload, recorded in ``run.json`` before and after every notebook.
+
 Generic measurement tools (callables, backbones, heads): no Suite, no CSV. The throughput study
 (`tve_lib.studies.throughput`) and notebooks 05/06 time with them.
 """
@@ -107,6 +109,31 @@ def time_call(fn: Callable[[], object], n_images: int, device: str | torch.devic
         times.append(clock() - t0)
     return Timing(tuple(times), n_images, warmup, str(torch.device(device)), torch.get_num_threads(),
                   str(dtype).removeprefix("torch."))
+
+
+# ----------------------------------------------------------------------------- the machine's speed
+def machine_speed(device: str | torch.device = "cpu", repeats: int = 7,
+                  clock: Callable[[], float] = time.perf_counter) -> dict[str, float | int | str]:
+    """The median milliseconds of two fixed workloads on ``device``, so that runs on a machine whose speed drifts
+    (by 15-25 % within hours on the 2-core reference machine, docs/benchmarks.md) can be read against each other:
+    ``matmul_ms``, an fp32 product of two 1024 x 1024 matrices; ``block_step_ms``, a forward and backward of one
+    transformer block in fp32 at the cpu profile's shapes (width 64, 65 tokens, batch 64). About a second on CPU."""
+    from timm.models.vision_transformer import Block
+
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(1024, 1024, generator=gen).to(device)
+    block = Block(64, 4).to(device)
+    x = torch.randn(64, 65, 64, generator=gen).to(device).requires_grad_(True)
+
+    def step() -> None:
+        block.zero_grad(set_to_none=True)
+        block(x).square().mean().backward()
+
+    mm = time_call(lambda: a @ a, 1, device, repeats, warmup=2, clock=clock)
+    st = time_call(step, 1, device, repeats, warmup=2, clock=clock)
+    return {"matmul_ms": round(1000 * mm.median_s, 2), "block_step_ms": round(1000 * st.median_s, 2),
+            "threads": torch.get_num_threads(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 # ----------------------------------------------------------------------------- model calls
