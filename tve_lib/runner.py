@@ -68,7 +68,7 @@ def run(profile: str = "cpu", only: list[str] | None = None, keep_going: bool = 
     walls = record.get("notebook_wall_s", {})
     dev = device if device != "auto" else _auto_device()
     # the machine's own speed before the run and after each notebook: a reader can tell a slower run from a
-    # slower machine (seconds of the reference workloads, `timing.machine_speed`)
+    # slower machine (milliseconds of two fixed reference workloads, `timing.machine_speed`)
     speed = dict(record.get("machine_speed", {}), start=machine_speed(dev))
     status = 0
     t_all = time.time()
