@@ -72,9 +72,16 @@ def test_readme_block_is_regenerated(tmp_path):
     text = readme.read_text()
     assert "old table" not in text and "TVE: small error" in text and "3/18 pass" in text
     assert "12.5 s" in text and text.startswith("intro") and text.endswith("rest\n")
+    assert "Machine speed" not in text  # a run.json from before `machine_speed`
     with pytest.raises(FileNotFoundError, match="claims.csv not found"):
         update_readme(tmp_path / "no_run", readme)
     assert readme.read_text() == text  # untouched by the failed call
+    run = json.loads((root / "run.json").read_text())
+    run["machine_speed"] = {k: {"matmul_ms": 7.0, "block_step_ms": ms} for k, ms in
+                            (("start", 21.5), ("00", 30.25), ("07", 24.0))}
+    (root / "run.json").write_text(json.dumps(run))
+    update_readme(root, readme)
+    assert "21.5 ms at the start, 24.0 ms after the last notebook, 30.25 ms at the slowest of 3" in readme.read_text()
 
 
 def test_acceptance_finding_follows_the_tables():

@@ -20,6 +20,19 @@ BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 README = Path(__file__).resolve().parents[2] / "README.md"  # the repository root (tve_lib/report/..)
 
 
+def speed_sentence(run: dict) -> str:
+    """The machine's reference speed at the run's start and after its last notebook (`run.json`: ``machine_speed``,
+    `tve_lib.timing.machine_speed`), slowest reading included; empty for a run that predates it."""
+    speed = run.get("machine_speed", {})
+    if "start" not in speed or len(speed) < 2:
+        return ""
+    last = list(speed.values())[-1]
+    slow = max(v["block_step_ms"] for v in speed.values())
+    return (f" Machine speed (`run.json`: `machine_speed`), one transformer block's training step: "
+            f"{speed['start']['block_step_ms']} ms at the start, {last['block_step_ms']} ms after the last notebook, "
+            f"{slow} ms at the slowest of {len(speed)} readings.")
+
+
 def claims_block(root: Path) -> str:
     """The Markdown block for the run in ``root`` (= results/<profile>)."""
     if not (root / "claims.csv").exists():
@@ -32,7 +45,7 @@ def claims_block(root: Path) -> str:
     head = (f"Profile `{root.name}`, commit `{run.get('git_commit', 'unknown')}`, "
             f"{run.get('device', {}).get('threads', '?')} threads on `{run.get('device', {}).get('device', '?')}`; "
             f"`./run_all.sh` wall time {run.get('wall_time_s', '?')} s over {len(walls)} notebooks "
-            f"(`run.json`: `wall_time_s`). Verdicts and numbers from `{root.name}/claims.csv`:")
+            f"(`run.json`: `wall_time_s`).{speed_sentence(run)} Verdicts and numbers from `{root.name}/claims.csv`:")
     cols = ["claim", f"verdict ({root.name})", "the numbers"]
     if "operators" in claims and claims.operators.fillna("").astype(str).str.len().any():
         claims["operators"] = claims.operators.fillna("")
