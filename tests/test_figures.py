@@ -244,6 +244,12 @@ def test_transfer_claim_names_the_unseen_domain():
     assert v == "reproduces"
     v, ev = C.claim_tve_transfer({"transfer": transfer_rows(0.5)})
     assert v == "partly" and "unseen domain (digits)" in ev and "0/4 pass" in ev
+    assert "4 of the 4 misses stay below 0.85 across the 95 % bootstrap interval" in ev
+    near = transfer_rows()
+    digits = near.task == "digits"  # five images per setting spread evenly around a median just short
+    near.loc[digits, "spearman"] = C.SPEARMAN_OK - 0.003 + 0.01 * (near.loc[digits, "image_id"] - 2)
+    _, ev = C.claim_tve_transfer({"transfer": near})
+    assert "4/8" in ev and "0 of the 4 misses stay below" in ev  # each interval reaches the target
 
 
 @pytest.mark.parametrize("gain, verdict", [(0.05, "reproduces"), (-0.05, "does not reproduce")])

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -104,3 +105,29 @@ def test_the_readme_the_claims_block_goes_to_is_the_repositorys():
     from tve_lib.report.readme import README
 
     assert README.exists() and BEGIN in README.read_text() and END in README.read_text()
+
+
+def test_median_interval_is_a_seeded_bootstrap_of_the_median():
+    from tve_lib.report.tables import median_interval
+
+    assert median_interval([0.7] * 30) == (0.7, 0.7)
+    rng = np.random.default_rng(3)
+    v = rng.normal(0.8, 0.1, 40)
+    lo, hi = median_interval(v, seed=5)
+    assert lo < np.median(v) < hi and median_interval(v, seed=5) == (lo, hi)
+    wide = median_interval(v[:10], seed=5)
+    assert wide[1] - wide[0] > hi - lo  # fewer test images, a wider interval
+    assert all(np.isnan(median_interval([float("nan")] * 3)))
+
+
+def test_transfer_finding_counts_the_misses_beyond_their_interval():
+    centres = {("a", "linear"): 0.95, ("a", "mlp"): SPEARMAN_OK - 0.004, ("b", "linear"): SPEARMAN_OK - 0.15}
+    err = pd.DataFrame([dict(rule="whole_head", backbone="vit", task=t, head=h, image_id=i, spearman=v,
+                             topk_overlap=0.7)
+                        for (t, h), c in centres.items() for i, v in enumerate(c + np.linspace(-0.1, 0.1, 41))])
+    s = transfer_summary(err)
+    assert np.allclose(s.set_index(["task", "head"]).median_spearman.sort_index(), pd.Series(centres).sort_index())
+    assert (s.median_spearman_low <= s.median_spearman).all() and (s.median_spearman <= s.median_spearman_high).all()
+    f = transfer_finding(s)
+    assert "of the 2 settings below" in f and "1 stay below it across their interval (vit/b/linear [" in f
+    assert "and 1 reach it within theirs" in f

@@ -104,6 +104,9 @@ def test_tve_outputs(smoke_results):
     assert err[["spearman_exact_keep", "spearman_exact_remove"]].stack().between(-1, 1).all()
     summary = pd.read_csv(smoke_results / "tve" / "transfer_error_summary.csv")
     assert {"median_spearman_exact_keep", "median_spearman_exact_remove"} <= set(summary.columns)
+    # each median with its bootstrap interval over the test images
+    assert ((summary.median_spearman_low <= summary.median_spearman)
+            & (summary.median_spearman <= summary.median_spearman_high)).all()
     assert (smoke_results / "tve" / "run.json").exists()
     # the walkthroughs of 01 and 02 (issue: step through the method), saved statically when not interactive
     for fig in ("01_walkthrough_window", "01_walkthrough_live", "02_transfer_by_hand", "02_transfer_branches"):

@@ -99,7 +99,7 @@ for b, t in suite.pairs():
                                  seed=SEED, backbone=b, task=t, masked_batch_size=ev.masked_batch_size))
 err = pd.concat(frames, ignore_index=True)
 write_csv(err, suite.path("tve", "transfer_error.csv"))
-summary = transfer_summary(err)
+summary = transfer_summary(err, n_boot=ev.bootstrap, seed=SEED)  # medians with 95 % intervals over images
 write_csv(summary, suite.path("tve", "transfer_error_summary.csv"))
 display(summary[summary.rule == "whole_head"].pivot_table(index=["task", "head"], columns="backbone",
                                                           values="median_spearman"))

@@ -57,12 +57,31 @@ def transfer_finding(summary: pd.DataFrame) -> str:
              f"The weakest setting is {worst.backbone}/{worst.task}/{worst['head']} ({worst.median_spearman:.2f}).",
              f"Mean top-10 % overlap: {_range(s.mean_topk_overlap)} (target ≥ {TOPK_OK:g} in every setting: "
              f"{_met(bool((s.mean_topk_overlap >= TOPK_OK).all()))})."]
+    if "median_spearman_high" in s:
+        parts.append(_interval_sentence(s))
     if "last_layer" in set(summary.get("rule", [])):
         ll = summary[(summary.rule == "last_layer")].median_spearman
         wh = s[s["head"] == "mlp"].median_spearman
         parts.append(f"On MLP heads the official last-layer rule gives {_range(ll)} against {_range(wh)} for the "
                      "whole-head rule.")
     return " ".join(parts)
+
+
+def _interval_sentence(s: pd.DataFrame) -> str:
+    """How the settings' medians sit against the target once the test images' sampling is counted: the 95 %
+    bootstrap intervals of `tve_lib.report.tables.transfer_summary` (the verdict itself stays on the medians)."""
+    def name(r) -> str:
+        return f"{r.backbone}/{r.task}/{r['head']} [{r.median_spearman_low:.2f}, {r.median_spearman_high:.2f}]"
+
+    short = s[s.median_spearman < SPEARMAN_OK]
+    beyond = short[short.median_spearman_high < SPEARMAN_OK]
+    near = s[(s.median_spearman >= SPEARMAN_OK) & (s.median_spearman_low < SPEARMAN_OK)]
+    out = (f"Counting the draw of test images (95 % bootstrap intervals of each median): of the {len(short)} settings "
+           f"below {SPEARMAN_OK:g}, {len(beyond)} stay below it across their interval"
+           + (f" ({'; '.join(name(r) for _, r in beyond.iterrows())})" if len(beyond) else "")
+           + f", and {len(short) - len(beyond)} reach it within theirs")
+    return out + (f"; {len(near)} of the settings at or above it reach below it within theirs." if len(near)
+                  else ".")
 
 
 def branch_finding(summary: pd.DataFrame) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..schema import HEADS, PEER_METHODS, TABLES, throughput_frame
@@ -68,14 +69,34 @@ def _throughput(t: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return throughput_frame(tp, threads=0)  # a written CSV has its threads
 
 
-def transfer_summary(err: pd.DataFrame) -> pd.DataFrame:
+def median_interval(values, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the median of ``values`` (NaNs dropped): how far a setting's median
+    could move with another draw of test images of the same size. ``(nan, nan)`` without values."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
+    meds = np.median(v[draws], axis=1)
+    a = (1.0 - level) / 2
+    return float(np.quantile(meds, a)), float(np.quantile(meds, 1.0 - a))
+
+
+def transfer_summary(err: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Notebook 02's ``transfer_error_summary.csv`` from its per-image ``transfer_error.csv``: per rule, backbone,
-    task and head the median Spearman and mean top-10 % overlap, and (where the per-image table has them) the
-    median Spearman with the keep or the remove branch made exact (`tve_lib.studies.transfer.transfer_error`)."""
+    task and head the median Spearman with its 95 % bootstrap interval over the test images
+    (``median_spearman_low`` / ``_high``, `median_interval`, ``n_boot`` resamples from ``seed``), the mean top-10 %
+    overlap, and (where the per-image table has them) the median Spearman with the keep or the remove branch made
+    exact (`tve_lib.studies.transfer.transfer_error`)."""
+    keys = ["rule", "backbone", "task", "head"]
     aggs = dict(median_spearman=("spearman", "median"), mean_topk_overlap=("topk_overlap", "mean"),
                 n_images=("image_id", "nunique"))
     aggs |= {f"median_{c}": (c, "median") for c in ("spearman_exact_keep", "spearman_exact_remove") if c in err}
-    return err.groupby(["rule", "backbone", "task", "head"]).agg(**aggs).reset_index()
+    out = err.groupby(keys).agg(**aggs).reset_index()
+    ci = {k: median_interval(g.spearman, n_boot, seed=seed) for k, g in err.groupby(keys)}
+    out["median_spearman_low"] = [ci[tuple(r)][0] for r in out[keys].itertuples(index=False)]
+    out["median_spearman_high"] = [ci[tuple(r)][1] for r in out[keys].itertuples(index=False)]
+    return out
 
 
 BRANCH_MAPS = {"median_spearman": "TVE", "median_spearman_exact_keep": "exact keep: remove branch's error only",
