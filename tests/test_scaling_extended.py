@@ -57,7 +57,10 @@ def test_extended_finding_names_the_first_budget_meeting_the_target():
                                   task=t, head="mlp", topk_overlap=o) for t, o in (("a", TOPK_OK), ("b", 0.5))])
     text = extended_finding(ext, run, settings)
     assert "first at 12000 images × 40 epochs" in text and "420 s there and 280 s in this run" in text
-    assert "overlap ≥ 0.6 in 1/2 settings" in text and "not every setting" in text
+    assert "overlap ≥ 0.6 in 1/2 settings" in text and "not every setting" in text and "(x86_64, 2 threads;" in text
+    # budgets of one backbone measured on different thread counts say so (their seconds do not compare)
+    mixed = extended_finding(ext.assign(threads=[2, 1]), run)
+    assert "(x86_64, 1–2 threads;" in mixed and "(x86_64, 1 thread;" in extended_finding(ext.assign(threads=1), run)
     missed = extended_finding(ext.iloc[:1], run)
     assert "no budget measured brings every setting" in missed
     assert "No budget past this run's" in extended_finding(None, run)

@@ -145,6 +145,16 @@ def _instance_note(ext: pd.DataFrame, scaling: pd.DataFrame, backbone: str) -> s
             "these scores are that instance's")
 
 
+def _threads(threads: pd.Series) -> str:
+    """"1 thread", "2 threads", or "1–2 threads" where a backbone's budgets ran on different counts (their
+    seconds then do not compare)."""
+    t = sorted({int(v) for v in threads.dropna()})
+    if not t:
+        return "threads not recorded"
+    n = str(t[0]) if len(t) == 1 else f"{t[0]}–{t[-1]}"
+    return f"{n} thread" + ("" if t == [1] else "s")
+
+
 def _with_augment(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with ``augment`` and ``overrides`` (the explainer's TVEConfig changes) as strings ("" where not
     recorded: the profile's)."""
@@ -164,7 +174,7 @@ def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd
     run_rows = _with_augment(scaling)
     groups = ext.sort_values("pretrain_seconds").groupby(["backbone", "sampler", "arch", "augment", "overrides"])
     for (b, sampler, arch, aug, over), g in groups:
-        where = f"{g.cpu.iloc[0]}, {g.threads.iloc[0]} threads" if "cpu" in g else "another run"
+        where = f"{g.cpu.iloc[0]}, {_threads(g.threads)}" if "cpu" in g else "another run"
         items = []
         for _, r in g.iterrows():
             s = None if settings is None else settings[(settings.backbone == b) & (settings.sampler == sampler) & (
