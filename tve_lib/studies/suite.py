@@ -316,8 +316,8 @@ class Suite:
         ev = self.profile.eval
         defaults = {"seed": lambda: self.seed, "radius": lambda: self.tve_radius(backbone),
                     "n_steps": lambda: ev.ig_steps, "internal_batch_size": lambda: ev.masked_batch_size}
-        if cls.sampling:
-            defaults["batch_size"] = lambda: ev.masked_batch_size
+        # masked copies per backbone call, for the sampling methods' coalitions and occlusion's windows alike
+        defaults["batch_size"] = lambda: ev.masked_batch_size
         for k, value in defaults.items():
             if k in params and k not in kw:
                 kw[k] = value()
