@@ -55,9 +55,10 @@ PROFILES: dict[str, Profile] = {
         # 21-34 % faster with unfused attention; the probe's Spearman within one retraining's noise
         # (docs/benchmarks.md, "bf16 inference on this CPU", "bf16 training steps on this CPU"); fp32 elsewhere
         precision="native",
-        # dense budgets around the profile's (3000 images x 80 epochs): 1/32x of its training up to twice its
-        # images and training (above the profile's budget); online (K = 1) from 1,000 image-steps to 32x that
-        scaling=ScalingConfig(dense=((250, 30), (500, 60), (1000, 90), (3000, 80), (6000, 80)),
+        # dense budgets around the profile's (3000 images x 80 epochs): 1/32x of its training up to 4/3 of its
+        # images and training (above the profile's budget; the curve further out is `scaling_extended`'s, which
+        # the whole run's 60 minutes cannot hold); online (K = 1) from 1,000 image-steps to 32x that
+        scaling=ScalingConfig(dense=((250, 30), (500, 60), (1000, 90), (3000, 80), (4000, 80)),
                               online=((1000, 1, 1), (2000, 1, 1), (2000, 4, 1), (2000, 8, 1), (2000, 16, 1))),
     ),
     "smoke": Profile(
