@@ -85,7 +85,8 @@ display(Markdown(scaling_finding(scaling, tcfg.n_images, tcfg.epochs)))
 
 # %% [markdown]
 # ### Past this run's budgets
-# A whole run stops at twice the profile's pre-training compute. Where the curve above still misses a target,
+# A whole run stops just above the profile's pre-training (its largest `scaling.dense` budget, in the table above),
+# so that it fits its hour. Where the curve above still misses a target,
 # `python -m tve_lib.studies.scaling_extended --profile <profile> --dense IMAGESxEPOCHS` measures larger budgets
 # with the same probe and upserts them into `tve/scaling_extended.csv` (with the machine, threads and commit
 # they were measured on). This notebook only reads that file: when it exists, its budgets are drawn beside
