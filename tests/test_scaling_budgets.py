@@ -2,11 +2,8 @@
 optimiser steps, the profile's own budget among them (reused from notebook 01) and one above it."""
 
 from tve_lib.config import get_profile
+from tve_lib.studies.scaling import budget_steps as _steps
 from tve_lib.studies.scaling import scaling_budgets
-
-
-def _steps(cfg) -> int:
-    return cfg.epochs * -(-cfg.n_images // cfg.batch_size)
 
 
 def test_cpu_dense_budgets_span_the_profile():

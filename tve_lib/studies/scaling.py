@@ -87,6 +87,12 @@ class ScalingProbe:
         return pd.DataFrame(rows)
 
 
+def budget_steps(cfg: TVEConfig, n_images: int | None = None) -> int:
+    """Optimiser steps of a budget's pre-training on ``n_images`` upstream images (default its own count)."""
+    n = cfg.n_images if n_images is None else n_images
+    return cfg.epochs * -(-n // cfg.batch_size)
+
+
 def scaling_row(probe: ScalingProbe, cfg: TVEConfig) -> tuple[dict, pd.DataFrame]:
     """Pre-train (or load) the explainer of one budget and score it: the row of ``scaling.csv``
     (medians over the task x head settings; the worst setting in ``transfer_spearman_min``) and the
@@ -98,7 +104,7 @@ def scaling_row(probe: ScalingProbe, cfg: TVEConfig) -> tuple[dict, pd.DataFrame
     ratio = trivial_ratio(pd.DataFrame([{"backbone": b, **h} for h in hist])).ratio.iloc[0]
     per = probe.score(expl)
     n = min(cfg.n_images, len(suite.upstream[0]))
-    steps = cfg.epochs * -(-n // cfg.batch_size)
+    steps = budget_steps(cfg, n)
     k = probe.bb.n_players if cfg.sampler == "dense" else min(cfg.windows_per_image, probe.bb.n_players)
     row = dict(backbone=b, sampler=cfg.sampler, arch=cfg.arch, n_images=n, epochs=cfg.epochs,
                windows_per_image=k, steps=steps, targets_seen=n * cfg.epochs * k * 2,

@@ -314,10 +314,10 @@ class Suite:
             return obtain_amortized(self, backbone, task, (head,), kw.get("eval_images"))[head]
         params = inspect.signature(cls.__init__).parameters
         ev = self.profile.eval
+        # batch_size: masked copies per backbone call, for the sampling methods' coalitions and occlusion's windows
         defaults = {"seed": lambda: self.seed, "radius": lambda: self.tve_radius(backbone),
-                    "n_steps": lambda: ev.ig_steps, "internal_batch_size": lambda: ev.masked_batch_size}
-        # masked copies per backbone call, for the sampling methods' coalitions and occlusion's windows alike
-        defaults["batch_size"] = lambda: ev.masked_batch_size
+                    "n_steps": lambda: ev.ig_steps, "internal_batch_size": lambda: ev.masked_batch_size,
+                    "batch_size": lambda: ev.masked_batch_size}
         for k, value in defaults.items():
             if k in params and k not in kw:
                 kw[k] = value()
