@@ -28,15 +28,14 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _backbone_epoch(bb: Backbone, train: ImageSet, cfg: BackboneTrain, objs: dict, seed: int, epoch: int, n: int,
-                    device: torch.device) -> dict:
-    """One epoch of supervised training; returns its history row."""
+                    device: torch.device, bar: tqdm) -> dict:
+    """One epoch of supervised training, advancing the run's ``bar``; returns its history row."""
     model, opt, sched = objs["model"], objs["opt"], objs["sched"]
     gen = torch.Generator().manual_seed(seed * 1000 + epoch)
     idx = torch.randperm(len(train), generator=gen)[:n]
     tot, correct, seen = 0.0, 0, 0
-    bar = tqdm(iter_batches(train, cfg.batch_size, idx), total=math.ceil(n / cfg.batch_size),
-               desc=f"{bb.name} epoch {epoch + 1}/{cfg.epochs}", leave=False)
-    for raw, y, _ in bar:
+    bar.set_description(f"{bb.name} epoch {epoch + 1}/{cfg.epochs}", refresh=False)
+    for raw, y, _ in iter_batches(train, cfg.batch_size, idx):
         x = bb.normalize(raw.to(device))
         if cfg.augment:
             x = _augment(x, gen)
@@ -51,6 +50,7 @@ def _backbone_epoch(bb: Backbone, train: ImageSet, cfg: BackboneTrain, objs: dic
         tot += loss.item() * len(y)
         correct += (out.argmax(1) == y).sum().item()
         seen += len(y)
+        bar.update()
     return {"epoch": epoch + 1, "loss": tot / seen, "train_acc": correct / seen}
 
 
@@ -70,14 +70,17 @@ def train_backbone(bb: Backbone, train: ImageSet, profile: Profile, ckpt: Path, 
     part = ckpt.with_suffix(".partial.pt")
     state = resume(part, objs) or {"epoch": 0, "history": []}
     devices = [device] if device.type == "cuda" else []
+    # one bar for the whole training, not one per epoch: a notebook keeps every bar it ever showed
+    bar = tqdm(total=total, initial=state["epoch"] * steps_per_epoch, leave=False)
     for epoch in range(state["epoch"], cfg.epochs):
         # drop-path (Swin) draws from the global generator: seeded per epoch, so a run resumed from a
         # per-epoch checkpoint trains exactly as an uninterrupted one (fork_rng leaves the caller's state)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed * 1000 + epoch)
-            state["history"].append(_backbone_epoch(bb, train, cfg, objs, seed, epoch, n, device))
+            state["history"].append(_backbone_epoch(bb, train, cfg, objs, seed, epoch, n, device, bar))
         state["epoch"] = epoch + 1
         checkpoint(part, objs, **state)
+    bar.close()
     model.eval().requires_grad_(False)
     save_torch({"model": model.state_dict(), "history": state["history"]}, ckpt)
     if part.exists():

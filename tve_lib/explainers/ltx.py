@@ -179,13 +179,14 @@ def pretrain_ltx(net: LTXNet, backbone: Backbone, head: nn.Module, train: ImageS
     opt = torch.optim.AdamW(list(net.trainable().values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_linear(total, max(1, int(cfg.warmup_frac * total))))
     history, seconds = [], 0.0
+    # one bar for the whole pre-training, not one per epoch: a notebook keeps every bar it ever showed
+    bar = tqdm(total=total, leave=False, disable=not progress)
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         order = idx[torch.randperm(len(idx), generator=gen)]
         sums = torch.zeros(3)
-        bar = tqdm(iter_batches(train, cfg.batch_size, order), total=steps, leave=False,
-                   desc=f"pLTX {backbone.name} epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
-        for raw, labels, _ in bar:
+        bar.set_description(f"pLTX {backbone.name} epoch {epoch + 1}/{cfg.epochs}", refresh=False)
+        for raw, labels, _ in iter_batches(train, cfg.batch_size, order):
             x = backbone.normalize(raw.to(device))
             y = training_targets(backbone, head, x, labels, cfg.mode)
             mask = net(x)
@@ -195,10 +196,12 @@ def pretrain_ltx(net: LTXNet, backbone: Backbone, head: nn.Module, train: ImageS
             opt.step()
             sched.step()
             sums += torch.stack([loss.sum(), ce.sum(), mask.detach().mean((1, 2)).sum()]).detach().cpu()
-            bar.set_postfix(loss=f"{loss.mean().item():.3f}")
+            bar.update()
+            bar.set_postfix(loss=f"{loss.mean().item():.3f}", refresh=False)
         seconds += time.perf_counter() - t0
         s = (sums / len(idx)).tolist()
         history.append({"epoch": epoch + 1, "loss": s[0], "ce": s[1], "mask_mean": s[2], "seconds": seconds})
+    bar.close()
     net.eval()
     return history
 

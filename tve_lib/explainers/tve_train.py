@@ -230,10 +230,11 @@ def _optimiser(model: nn.Module, cfg: TVEConfig, total: int) -> dict[str, Any]:
 
 
 def _epoch(net: nn.Module, objs: dict[str, Any], source: DenseSource | OnlineSource, cfg: TVEConfig,
-           order: torch.Tensor, gen: torch.Generator, epoch: int, desc: str, progress: bool,
+           order: torch.Tensor, gen: torch.Generator, epoch: int, bar: tqdm | None,
            on_step: Callable[[int, float, float], None] | None, dim_weight: torch.Tensor | None = None
            ) -> tuple[float, float, int]:
-    """One pass over ``order`` in global batches; returns the summed keep/remove losses and images seen."""
+    """One pass over ``order`` in global batches, advancing the run's ``bar`` (None: no progress shown);
+    returns the summed keep/remove losses and images seen."""
     rank, world = _dist()
     opt, sched = objs["opt"], objs["sched"]
     steps = math.ceil(len(order) / cfg.batch_size)
@@ -242,8 +243,7 @@ def _epoch(net: nn.Module, objs: dict[str, Any], source: DenseSource | OnlineSou
     net.train()
     sk = sr = 0.0
     seen = 0
-    bar = tqdm(range(steps), desc=desc, disable=not progress or rank != 0, leave=False)
-    for step in bar:
+    for step in range(steps):
         pos = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         centres = source.centres(len(pos), gen)  # drawn for the global batch: same on every rank
         lo, hi = (len(pos) * rank) // world, (len(pos) * (rank + 1)) // world
@@ -260,7 +260,9 @@ def _epoch(net: nn.Module, objs: dict[str, Any], source: DenseSource | OnlineSou
         sk, sr, seen = sk + losses[0].item(), sr + losses[1].item(), seen + len(pos)
         if on_step is not None:
             on_step(epoch * steps + step, losses[0].item() / len(pos), losses[1].item() / len(pos))
-        bar.set_postfix(keep=f"{sk / seen:.4f}", remove=f"{sr / seen:.4f}")
+        if bar is not None:
+            bar.update()
+            bar.set_postfix(keep=f"{sk / seen:.4f}", remove=f"{sr / seen:.4f}", refresh=False)
     return sk, sr, seen
 
 
@@ -304,13 +306,16 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
     # from the held-out probe's targets: the same for both samplers, and fixed before the first step
     dim_weight = dim_weights(probe[2], probe[3], cfg.loss_dims)
 
+    per_epoch = math.ceil(n / cfg.batch_size)
+    # one bar for the whole pre-training, not one per epoch: a notebook keeps every bar it ever showed
+    bar = tqdm(total=cfg.epochs * per_epoch, initial=state["epoch"] * per_epoch, leave=False,
+               disable=not progress or rank != 0)
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.time()
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(n, generator=gen)
-        sk, sr, seen = _epoch(net, objs, source, cfg, order, gen, epoch,
-                              f"TVE {backbone.name} epoch {epoch + 1}/{cfg.epochs}", progress, on_step,
-                              dim_weight)
+        bar.set_description(f"TVE {backbone.name} epoch {epoch + 1}/{cfg.epochs}", refresh=False)
+        sk, sr, seen = _epoch(net, objs, source, cfg, order, gen, epoch, bar, on_step, dim_weight)
         state["seconds"] += time.time() - t0
         ho = heldout_losses(model, backbone, probe[0], probe[1], probe[2], probe[3], cfg.batch_size, probe_inputs)
         common = {"seconds": state["seconds"], "target_seconds": state["target_seconds"]}
@@ -323,6 +328,7 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
             checkpoint(part, objs, **state)
         if world > 1:
             dist.barrier()
+    bar.close()
     model.eval()
     if rank == 0:
         save_torch({"model": model.state_dict(), "history": state["history"], "radius": radius,
@@ -346,7 +352,7 @@ def step_seconds(model: nn.Module, backbone: Backbone, train: ImageSet, cfg: TVE
     for i in range(steps + 1):
         gen = torch.Generator().manual_seed(seed * 1000 + i)
         t0 = time.perf_counter()
-        _epoch(model, objs, source, cfg, torch.arange(len(ids)), gen, i, "", False, None)
+        _epoch(model, objs, source, cfg, torch.arange(len(ids)), gen, i, None, None)
         if backbone.mean.device.type == "cuda":
             torch.cuda.synchronize()
         out.append(time.perf_counter() - t0)
