@@ -21,7 +21,7 @@ from ..config import XVecConfig
 from ..schema import CLAIM_COLUMNS, DIRECTION, NO_ARCH, SELECTIONS
 from .fidelity import tve_verdict
 from .operators import operator_robustness, operator_verdicts
-from .tables import MissingData, _throughput, ltx_rows, main_summary, median_interval, need
+from .tables import MissingData, _throughput, ltx_rows, main_summary, need, transfer_summary
 from .xvec_claims import QUALITY_METRICS as QUALITY_METRICS
 from .xvec_claims import lambda_gain as lambda_gain
 from .xvec_claims import xvec_claims
@@ -178,10 +178,12 @@ def claim_tve_no_training(t: dict[str, pd.DataFrame]) -> tuple[str, str]:
 def claim_tve_transfer(t: dict[str, pd.DataFrame], unseen: Sequence[str] = UNSEEN_TASKS) -> tuple[str, str]:
     """Small transfer error: median Spearman ≥ SPEARMAN_OK per setting, the unseen domain included."""
     (err,) = need(t, "transfer")
-    e = err[err.rule == "whole_head"] if "rule" in err else err
-    med = e.groupby(["backbone", "task", "head"]).spearman.median()
-    if med.empty:
+    e = err[err.rule == "whole_head"] if "rule" in err else err.assign(rule="whole_head")
+    if e.empty:
         raise MissingData("tve/transfer_error.csv has no whole-head rows")
+    # notebook 02's summary: the medians and their bootstrap intervals have one home
+    s = transfer_summary(e).set_index(["backbone", "task", "head"])
+    med = s.median_spearman
     ok = int((med >= SPEARMAN_OK).sum())
     tasks = med.index.get_level_values("task")
     parts = [f"median Spearman ≥ {SPEARMAN_OK:g} in {ok}/{len(med)} backbone × task × head settings"]
@@ -193,8 +195,7 @@ def claim_tve_transfer(t: dict[str, pd.DataFrame], unseen: Sequence[str] = UNSEE
                          f"{int((med[sel] >= SPEARMAN_OK).sum())}/{int(sel.sum())} pass")
     if ok < len(med):
         # the verdict stays on the medians; the interval says which misses a new draw of test images could undo
-        high = e.groupby(["backbone", "task", "head"]).spearman.apply(lambda v: median_interval(v)[1])
-        below = int((high[med < SPEARMAN_OK] < SPEARMAN_OK).sum())
+        below = int((s.median_spearman_high[med < SPEARMAN_OK] < SPEARMAN_OK).sum())
         parts.append(f"{below} of the {len(med) - ok} misses stay below {SPEARMAN_OK:g} across the 95 % bootstrap "
                      "interval of their median over the test images")
     return share_verdict(ok, len(med)), "; ".join(parts)

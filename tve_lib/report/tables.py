@@ -92,11 +92,10 @@ def transfer_summary(err: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd
     aggs = dict(median_spearman=("spearman", "median"), mean_topk_overlap=("topk_overlap", "mean"),
                 n_images=("image_id", "nunique"))
     aggs |= {f"median_{c}": (c, "median") for c in ("spearman_exact_keep", "spearman_exact_remove") if c in err}
-    out = err.groupby(keys).agg(**aggs).reset_index()
-    ci = {k: median_interval(g.spearman, n_boot, seed=seed) for k, g in err.groupby(keys)}
-    out["median_spearman_low"] = [ci[tuple(r)][0] for r in out[keys].itertuples(index=False)]
-    out["median_spearman_high"] = [ci[tuple(r)][1] for r in out[keys].itertuples(index=False)]
-    return out
+    groups = err.groupby(keys)
+    ci = groups.spearman.apply(lambda v: median_interval(v, n_boot, seed=seed))
+    return groups.agg(**aggs).assign(median_spearman_low=ci.map(lambda c: c[0]),
+                                     median_spearman_high=ci.map(lambda c: c[1])).reset_index()
 
 
 BRANCH_MAPS = {"median_spearman": "TVE", "median_spearman_exact_keep": "exact keep: remove branch's error only",
