@@ -289,7 +289,8 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index]
                                                   if device.type == "cuda" else None)
     n = min(cfg.n_images, len(train))
-    objs = _optimiser(model, cfg, cfg.epochs * math.ceil(n / cfg.batch_size))
+    per_epoch = math.ceil(n / cfg.batch_size)
+    objs = _optimiser(model, cfg, cfg.epochs * per_epoch)
     part = Path(ckpt).with_suffix(".partial.pt")
     state = resume(part, objs) or {"epoch": 0, "history": [], "seconds": 0.0}
     ids = upstream_order(train, seed)[:n]
@@ -306,7 +307,6 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
     # from the held-out probe's targets: the same for both samplers, and fixed before the first step
     dim_weight = dim_weights(probe[2], probe[3], cfg.loss_dims)
 
-    per_epoch = math.ceil(n / cfg.batch_size)
     # one bar for the whole pre-training, not one per epoch: a notebook keeps every bar it ever showed
     bar = tqdm(total=cfg.epochs * per_epoch, initial=state["epoch"] * per_epoch, leave=False,
                disable=not progress or rank != 0)
