@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import torch
 
+#: masked copies per backbone call where no profile sets it: the size every masked pass defaults to (sampling
+#: explainers, metrics, window embeddings). On a CPU the small backbones run 1.5-2x faster at 128-256 than at 1,024
+#: (docs/benchmarks.md, "Toward the hour"); the profiles set their own (`EvalConfig.masked_batch_size`).
+MASKED_BATCH = 256
+
 
 def players_to_pixels(keep: torch.Tensor, grid: int, img_size: int) -> torch.Tensor:
     """Upsample a player mask ``[..., G*G]`` or ``[..., G, G]`` to pixels ``[..., 1, S, S]``."""

@@ -37,7 +37,7 @@ from torch import nn
 
 from .backbones import Backbone
 from .heads import head_logits
-from .masking import top_k_mask
+from .masking import MASKED_BATCH, top_k_mask
 from .schema import AUC_NAMES, CURVE_METRICS, DIRECTION  # noqa: F401  (the summary.csv vocabulary)
 
 
@@ -79,7 +79,7 @@ def topk_overlap(a: torch.Tensor, b: torch.Tensor, frac: float = 0.1) -> torch.T
 # ----------------------------------------------------------------------------- model calls
 @torch.no_grad()
 def masked_embeddings(backbone: Backbone, x: torch.Tensor, keep: torch.Tensor,
-                      batch_size: int = 256) -> torch.Tensor:
+                      batch_size: int = MASKED_BATCH) -> torch.Tensor:
     """``g(x_b ⊙ keep_bk)`` for every image and mask: ``[B, K, D]``.
 
     ``keep``: ``[B, K, P]`` (masks per image) or ``[K, P]`` (one shared coalition tensor, as the
@@ -185,7 +185,7 @@ def _operator_key(backbone: Backbone) -> str:
 
 
 @torch.inference_mode()
-def curve_base(backbone: Backbone, images: torch.Tensor, batch_size: int = 256) -> CurveBase:
+def curve_base(backbone: Backbone, images: torch.Tensor, batch_size: int = MASKED_BATCH) -> CurveBase:
     """`CurveBase` of ``images``: computed once, it serves `perturbation_curves` of every map of them (the
     two passes per image that would otherwise be repeated for each method and head)."""
     p = backbone.n_players
@@ -199,7 +199,8 @@ def curve_base(backbone: Backbone, images: torch.Tensor, batch_size: int = 256) 
 def perturbation_curves(backbone: Backbone, head: nn.Module, images: torch.Tensor, attr: torch.Tensor,
                         target: torch.Tensor | None = None, sparsities: Sequence[float] = (0.0, 0.5),
                         perturbation_steps: Sequence[float] = (0.0, 0.5), deletion_steps: int = 10,
-                        batch_size: int = 256, which: Sequence[str] = CURVE_METRICS, base: CurveBase | None = None
+                        batch_size: int = MASKED_BATCH, which: Sequence[str] = CURVE_METRICS,
+                        base: CurveBase | None = None
                         ) -> dict[str, tuple[list[float], torch.Tensor]]:
     """Per-image curves of every metric in ``CURVE_METRICS``: ``{name: (x [X], y [B, X])}``.
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..heads import head_logits
+from ..masking import MASKED_BATCH
 from ..metrics import class_prob, masked_embeddings
 from ..shapley import expand_groups, kernel_coalitions, kernel_shap, lime, lime_coalitions
 from .base import Explainer
@@ -31,7 +32,7 @@ class _Sampler(Explainer):
     edges = True  # evaluates the empty and full images besides its samples
 
     def __init__(self, backbone: Backbone, budget: int, seed: int = 0, groups: torch.Tensor | None = None,
-                 batch_size: int = 256, max_embeddings: int = 65536):
+                 batch_size: int = MASKED_BATCH, max_embeddings: int = 65536):
         super().__init__(backbone)
         if isinstance(budget, bool) or not float(budget).is_integer() or int(budget) < 1:
             raise ValueError(f"{self.name}: budget must be a whole number of model calls per image >= 1, "
@@ -106,7 +107,7 @@ class LIME(_Sampler):
     edges = False
 
     def __init__(self, backbone: Backbone, budget: int, seed: int = 0, groups: torch.Tensor | None = None,
-                 batch_size: int = 256, kernel_width: float = 0.25, alpha: float = 1.0):
+                 batch_size: int = MASKED_BATCH, kernel_width: float = 0.25, alpha: float = 1.0):
         super().__init__(backbone, budget, seed, groups, batch_size)
         self.kernel_width, self.alpha = kernel_width, alpha
 

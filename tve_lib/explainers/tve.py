@@ -17,7 +17,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..heads import check_head, head_logits, last_linear
-from ..masking import pool_map
+from ..masking import MASKED_BATCH, pool_map
 from .base import Explainer
 from .registry import register_explainer
 from .tve_model import (
@@ -52,7 +52,7 @@ def transfer_rule(phi_keep: torch.Tensor, phi_remove: torch.Tensor, head: nn.Mod
 
 
 def window_occlusion(backbone: Backbone, head: nn.Module, x: torch.Tensor, target: torch.Tensor,
-                     radius: int, chunk: int = 1024) -> torch.Tensor:
+                     radius: int, chunk: int = MASKED_BATCH) -> torch.Tensor:
     """The exact quantity TVE amortises, ``f_y(x⊙W_i) − f_y(x⊙(1−W_i))``, as ``[B, G, G]``: a reference,
     so the backbone runs in fp32 whatever the profile's precision (`Backbone.full_precision`)."""
     check_head(head, backbone.embed_dim)  # before the 2·G² backbone calls

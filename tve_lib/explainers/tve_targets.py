@@ -29,13 +29,13 @@ from ..cache import UNUSABLE
 from ..imagesets import ImageSet, content_digest
 from ..io import load_torch, save_torch, write_json
 from ..loader import load_batches
-from ..masking import windows
+from ..masking import MASKED_BATCH, windows
 from ..precision import dtype_name
 
 
 @torch.no_grad()
 def window_targets(backbone: Backbone, x: torch.Tensor, centres: torch.Tensor, radius: int,
-                   chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                   chunk: int = MASKED_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """``g(x ⊙ W_c)`` and ``g(x ⊙ (1 − W_c))`` for centres ``[B, K]``: two ``[B, K, D]`` tensors."""
     win = windows(backbone.grid, radius, x.device)[centres]  # [B, K, P]
     b, k = centres.shape
@@ -48,7 +48,7 @@ def window_targets(backbone: Backbone, x: torch.Tensor, centres: torch.Tensor, r
 
 @torch.no_grad()
 def all_window_embeddings(backbone: Backbone, x: torch.Tensor, radius: int,
-                          chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                          chunk: int = MASKED_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact ``Φ``: window-kept and window-removed embeddings for every player, ``[B, G², D]`` x 2.
 
     2·G² backbone passes per image; shared by every head, so one call serves all heads.
@@ -59,7 +59,7 @@ def all_window_embeddings(backbone: Backbone, x: torch.Tensor, radius: int,
 
 
 def exact_window_embeddings(backbone: Backbone, x: torch.Tensor, radius: int,
-                            chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                            chunk: int = MASKED_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """`all_window_embeddings` of the images a study explains, per image from the backbone's
     ``window_cache`` (an `ItemCache` the Suite attaches; None: computed every time).
 
@@ -176,7 +176,7 @@ def _store_key(bb: Backbone, train: ImageSet, seed: int, **extra) -> dict:
 
 
 def window_store(bb: Backbone, train: ImageSet, root: Path, seed: int, radius: int, dtype: str,
-                 chunk: int = 1024) -> tuple[TargetStore, callable]:
+                 chunk: int = MASKED_BATCH) -> tuple[TargetStore, callable]:
     """The store of ``keep, remove [P, D]`` and ``base [D]`` per image, with its compute function."""
     store = TargetStore(root, "targets", _store_key(bb, train, seed, radius=radius, dtype=dtype,
                                                     players=bb.n_players, dim=bb.embed_dim),

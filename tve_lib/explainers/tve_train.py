@@ -29,7 +29,7 @@ from ..config import TVEConfig
 from ..imagesets import ImageSet, iter_batches
 from ..io import checkpoint, resume, save_torch
 from ..loader import load_batches
-from ..masking import default_radius
+from ..masking import MASKED_BATCH, default_radius
 from .tve_model import explainer_forward
 from .tve_targets import all_window_embeddings, token_store, upstream_order, window_store, window_targets
 
@@ -115,7 +115,7 @@ class OnlineSource(_ImageFeed):
     """Targets of K drawn windows per image computed by the backbone at every step."""
 
     def __init__(self, model: nn.Module, bb: Backbone, train: ImageSet, ids: torch.Tensor, radius: int, k: int,
-                 chunk: int = 1024):
+                 chunk: int = MASKED_BATCH):
         self.model, self.bb, self.train, self.ids, self.radius, self.chunk = model, bb, train, ids, radius, chunk
         self.k = k if k < bb.n_players else None  # K >= G²: every window, nothing drawn
         self.cost = 0.0  # no stored targets

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from ..explainers.tve import TVE, exact_window_embeddings, transfer_rule
 from ..heads import head_logits
 from ..imagesets import ImageSet
+from ..masking import MASKED_BATCH
 from ..metrics import spearman, topk_overlap
 
 
@@ -31,7 +32,7 @@ def trivial_ratio(pretrain: pd.DataFrame) -> pd.DataFrame:
 @torch.no_grad()
 def transfer_error(explainer: TVE, heads: dict[str, nn.Module], ds: ImageSet, n_images: int,
                    batch_size: int = 32, topk: float = 0.1, seed: int = 0, backbone: str = "",
-                   task: str = "", progress: bool = True, masked_batch_size: int = 1024) -> pd.DataFrame:
+                   task: str = "", progress: bool = True, masked_batch_size: int = MASKED_BATCH) -> pd.DataFrame:
     """Per-image agreement of TVE maps with the brute-force ``f_y(x⊙W_i) − f_y(x⊙(1−W_i))``.
 
     The first ``n_images`` of ``ds`` (a held-out split) are explained for every head; the exact
