@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 #: masked copies per backbone call where no profile sets it: the size every masked pass defaults to (sampling
-#: explainers, metrics, window embeddings). On a CPU the small backbones run 1.5-2x faster at 128-256 than at 1,024
+#: explainers, metrics, window embeddings). On a CPU the small backbones run 1.4-1.9x faster at 128-256 than at 1,024
 #: (docs/benchmarks.md, "Toward the hour"); the profiles set their own (`EvalConfig.masked_batch_size`).
 MASKED_BATCH = 256
 
