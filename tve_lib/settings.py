@@ -75,9 +75,6 @@ class TVEConfig:
     target_batch_size: int = 256
     tap_layers: int = 4  # the tapped shapes: how many of the backbone's last token maps it reads
     tap_pixels: bool = True  # the tapped shapes: also each player's own pixels
-    # the tapped shapes: "prefix" also reads what the read-out (class) tokens attend to in each player, per tapped
-    # block and head (tve_lib.taps), on backbones that read g(x) from such tokens (ViT, DeiT; not Swin)
-    tap_attention: str = ""
     # weight of the within-image part of the squared error (every window only): 1 = the plain MSE
     centred_weight: float = 4.0
     # "plain": every embedding dimension's squared error alike (the method's MSE); "whitened": each over its

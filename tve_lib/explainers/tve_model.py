@@ -25,16 +25,12 @@ it is the plain call.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from ..backbones import to_player_grid
 from ..config import TVEConfig
 from ..io import load_torch
-from ..taps import TAP_ATTENTION, attention_taps
 
 ARCHS = ("two", "shared", "tapped", "tapped_global")
 TAPPED_ARCHS = ("tapped", "tapped_global")  # the shapes that read the backbone's tokens (`TappedModel`)
@@ -182,33 +178,14 @@ def explainer_forward(model: nn.Module, backbone, inputs: torch.Tensor, base: to
 @torch.no_grad()
 def tapped_inputs(backbone, x: torch.Tensor, cfg: TVEConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """What the tapped explainer reads, ``[B, G², C]``, and ``g(x)``: the backbone's last
-    ``cfg.tap_layers`` token maps, with ``cfg.tap_pixels`` each player's own pixels (the local
-    content a window keeps, which the backbone's contextual tokens blur) and, with ``cfg.tap_attention``
-    on a backbone with read-out tokens (`reads_attention`), what they attend to in each player (`tve_lib.taps`),
-    all from one pass."""
-    if not reads_attention(backbone, cfg):
-        tokens, base = backbone.player_tokens(x, cfg.tap_layers)
-    else:
-        with attention_taps(backbone.model, cfg.tap_layers, backbone.num_prefix_tokens) as taps:
-            tokens, base = backbone.player_tokens(x, cfg.tap_layers)
-        side = math.isqrt(taps.weights[0].shape[-1] - backbone.num_prefix_tokens)
-        attn = taps.prefix()
-        attn = to_player_grid(attn.reshape(*attn.shape[:2], side, side), backbone.grid).flatten(2).transpose(1, 2)
+    ``cfg.tap_layers`` token maps and, with ``cfg.tap_pixels``, each player's own pixels (the local
+    content a window keeps, which the backbone's contextual tokens blur)."""
+    tokens, base = backbone.player_tokens(x, cfg.tap_layers)
     if cfg.tap_pixels:
         p = backbone.img_size // backbone.grid
         pix = torch.nn.functional.unfold(x, kernel_size=p, stride=p).transpose(1, 2)  # [B, G², 3·p²]
         tokens = torch.cat([tokens, pix], -1)
-    if reads_attention(backbone, cfg):
-        tokens = torch.cat([tokens, attn.to(tokens.dtype)], -1)
     return tokens, base
-
-
-def reads_attention(backbone, cfg: TVEConfig) -> bool:
-    """Whether the tapped explainer of ``backbone`` reads the read-out tokens' attention: asked for
-    (``cfg.tap_attention``) and the backbone reads ``g(x)`` from prefix tokens (not Swin's pooled read-out)."""
-    if cfg.tap_attention not in TAP_ATTENTION:
-        raise ValueError(f"unknown tap_attention {cfg.tap_attention!r}; expected one of {TAP_ATTENTION}")
-    return bool(cfg.tap_attention) and getattr(backbone, "num_prefix_tokens", 0) > 0
 
 
 def build_explainer(backbone, cfg: TVEConfig) -> nn.Module:

@@ -202,11 +202,10 @@ def window_store(bb: Backbone, train: ImageSet, root: Path, seed: int, radius: i
 def token_store(bb: Backbone, train: ImageSet, root: Path, seed: int, cfg, batch: int = 256
                 ) -> tuple[TargetStore, callable]:
     """The store of the tapped explainer's inputs ``[P, C]`` (`tve_model.tapped_inputs`)."""
-    from .tve_model import reads_attention, tapped_inputs
+    from .tve_model import tapped_inputs
 
-    attention = {"tap_attention": cfg.tap_attention} if reads_attention(bb, cfg) else {}  # earlier keys hold
     key = _store_key(bb, train, seed, tap_layers=cfg.tap_layers, tap_pixels=cfg.tap_pixels, dtype=cfg.target_dtype,
-                     **bb.token_key(cfg.tap_layers), **attention)
+                     **bb.token_key(cfg.tap_layers))
     store = TargetStore(root, "tokens", key, upstream_order(train, seed))
     dev, dt = bb.mean.device, DTYPES[cfg.target_dtype]
 
