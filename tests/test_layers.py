@@ -140,3 +140,48 @@ def test_code_references_resolve():
             if not (root / m.group(1)).exists():
                 bad.add(f"{p.name}: {m.group(1)}")
     assert sorted(bad) == []
+
+
+def _headings(path) -> tuple[list[str], set[str]]:
+    """A markdown file's headings (outside code blocks) and their anchors as GitHub makes them (lowercase,
+    punctuation dropped, spaces to hyphens, ``-1``, ``-2`` … on repeats)."""
+    titles, anchors, seen, fenced = [], set(), {}, False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        m = None if fenced else re.match(r"#{1,6} (.*)", line)
+        if m:
+            titles.append(m.group(1).strip())
+            slug = re.sub(r"[^\w\- ]", "", titles[-1].lower()).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            anchors.add(f"{slug}-{n}" if n else slug)
+    return titles, anchors
+
+
+def test_section_references_resolve():
+    """Links to a section (``[..](#anchor)``, ``[..](docs/x.md#anchor)``) and sections of docs/benchmarks.md named
+    in quotes (``docs/benchmarks.md, "bf16 inference on this CPU"``; the README's bullets of its rows) exist,
+    so a reader following one lands on the section it names."""
+    root = PKG.parent
+    docs = [root / "README.md", *(root / "docs").glob("*.md")]
+    bench_titles, _ = _headings(root / "docs" / "benchmarks.md")
+    bad = set()
+    for p in docs:
+        text = p.read_text()
+        for m in re.finditer(r"\]\(([\w./-]*\.md)?#([^)\s]+)\)", text):
+            target = p if not m.group(1) else (root / m.group(1) if (root / m.group(1)).exists()
+                                               else p.parent / m.group(1))
+            if not target.exists() or m.group(2) not in _headings(target)[1]:
+                bad.add(f"{p.name}: {m.group(0)}")
+    texts = [*PKG.rglob("*.py"), *docs, *(root / "notebooks" / "src").glob("*.py")]
+    named = [(p.name, t) for p in texts
+             for m in re.finditer(r"benchmarks\.md`?,\s+((?:\"[^\"]+\"(?:,\s*)?)+)", p.read_text())
+             for t in re.findall(r"\"([^\"]+)\"", m.group(1))]
+    readme = (root / "README.md").read_text()
+    named += [("README.md", t) for t in re.findall(r"^- \"([^\"]+)\"", readme, re.M)]
+    for name, t in named:  # a title may wrap over lines, and end in "…" where the README shortens it
+        prefix = " ".join(t.split()).split("…")[0].strip()
+        if not any(h.startswith(prefix) for h in bench_titles):
+            bad.add(f"{name}: {t!r}")
+    assert sorted(bad) == []
