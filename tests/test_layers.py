@@ -9,6 +9,7 @@ backbones, heads, data, metrics, ...); the core imports neither layer above it.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -142,7 +143,8 @@ def test_code_references_resolve():
     assert sorted(bad) == []
 
 
-def _headings(path) -> tuple[list[str], set[str]]:
+@functools.cache
+def _headings(path: Path) -> tuple[list[str], set[str]]:
     """A markdown file's headings (outside code blocks) and their anchors as GitHub makes them (lowercase,
     punctuation dropped, spaces to hyphens, ``-1``, ``-2`` … on repeats)."""
     titles, anchors, seen, fenced = [], set(), {}, False
@@ -170,8 +172,7 @@ def test_section_references_resolve():
     for p in docs:
         text = p.read_text()
         for m in re.finditer(r"\]\(([\w./-]*\.md)?#([^)\s]+)\)", text):
-            target = p if not m.group(1) else (root / m.group(1) if (root / m.group(1)).exists()
-                                               else p.parent / m.group(1))
+            target = p.parent / m.group(1) if m.group(1) else p  # relative to the linking file, as GitHub reads it
             if not target.exists() or m.group(2) not in _headings(target)[1]:
                 bad.add(f"{p.name}: {m.group(0)}")
     texts = [*PKG.rglob("*.py"), *docs, *(root / "notebooks" / "src").glob("*.py")]
