@@ -58,6 +58,14 @@ def test_scaling_finding_names_the_first_budget_meeting_the_target():
                                              (400, 4, 160, 0.95, 0.9))])
     f = scaling_finding(sc, 200, 2)
     assert "first at 40 s" in f and "16× compute" in f and "on the curve" in f
+    # a continued budget is stated against the explainer it continues, not as a point of the curve
+    more = dict(sc.iloc[1], n_images=400, epochs=1, pretrain_seconds=70, transfer_spearman=0.93,
+                transfer_spearman_min=0.88, continued_from_images=200, continued_from_epochs=2)
+    f = scaling_finding(pd.concat([sc.assign(continued_from_images=0, continued_from_epochs=0),
+                                   pd.DataFrame([more])]), 200, 2)
+    assert "3 budgets from 10 s to 160 s" in f and "16× compute" in f
+    assert ("the 200 × 2 explainer trained further on 400 images × 1 epochs (70 s of pre-training in all): median "
+            f"transfer Spearman 0.930 against 0.900 at 40 s; worst setting 0.880 against {SPEARMAN_OK:.3f}") in f
 
 
 def test_readme_block_is_regenerated(tmp_path):

@@ -8,6 +8,7 @@ import papermill
 import pytest
 
 from tve_lib import nbbuild, runner
+from tve_lib.config import get_profile
 
 pytestmark = pytest.mark.notebooks
 
@@ -134,6 +135,14 @@ def test_scaling_study(smoke_results):
     dense = sc[sc.sampler == "dense"]
     assert (dense.windows_per_image == 64).all() and (sc[sc.sampler == "online"].windows_per_image < 64).all()
     assert sc.groupby("backbone").backbone_weights.nunique().eq(1).all()  # every budget on one trained backbone
+    # a continued budget: the profile's explainer trained further, its steps and seconds counted in the row
+    cont, bs = dense[dense.continued_from_images > 0], get_profile("smoke").tve.batch_size
+    assert len(cont)
+    for _, r in cont.iterrows():
+        base = dense[(dense.continued_from_images == 0) & (dense.n_images == r.continued_from_images)
+                     & (dense.epochs == r.continued_from_epochs)].iloc[0]
+        assert r.steps == base.steps + r.epochs * -(-r.n_images // bs)
+        assert r.pretrain_seconds > base.pretrain_seconds - base.target_seconds + r.target_seconds
     assert (smoke_results / "figures" / "03b_scaling.png").exists()
 
 

@@ -93,6 +93,11 @@ def test_scaling_curve_draws_extended_rows_apart():
     assert {"this run", "scaling_extended.csv"} <= labels
     xs = sorted(x for line in fig.axes[0].get_lines() for x in line.get_xdata() if len(line.get_xdata()) > 0)
     assert 1200.0 in xs
+    # a continued budget (the profile's explainer trained further) is a series of its own, not the curve's next point
+    cont = dict(rows[1], pretrain_seconds=400.0, transfer_spearman=0.85, continued_from_images=4000)
+    fig = scaling_curve(pd.DataFrame(rows + [cont]).fillna({"continued_from_images": 0}), SPEARMAN_OK)
+    labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+    assert {"dense · tapped", "dense · tapped · continued"} <= labels
 
 
 def test_extended_finding_keeps_upstream_augmentations_apart(capsys):

@@ -86,6 +86,14 @@ OVERHEAD_COLUMNS = ["device", "threads", "backbone", "size", "method", "budget",
                     "explainer_ms_per_image", "model_calls_ms_per_image", "overhead", "model_images_per_image",
                     "model_batches", "estimated"]
 
+def continued_rows(scaling: pd.DataFrame) -> pd.Series:
+    """Which rows of a scaling table are continued budgets (trained further from another explainer; rows written
+    before the column existed are from the start)."""
+    if "continued_from_images" not in scaling:
+        return pd.Series(False, index=scaling.index)
+    return scaling.continued_from_images.fillna(0).astype(int) > 0
+
+
 def throughput_frame(df: pd.DataFrame, threads: int) -> pd.DataFrame:
     """Normalise rows to the throughput.csv contract: every named column, in order, with stable key
     types (``budget`` int, 0 when the method has none, as in the fidelity CSVs; ``tve_arch`` ``-`` for

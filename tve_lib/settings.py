@@ -148,12 +148,15 @@ class ScalingConfig:
 
     ``dense``: (images, epochs) with every window of every image; ``online``: (images, epochs, K)
     with K windows drawn per image per step. Each budget is the profile's TVEConfig with those
-    fields replaced; one of the dense budgets is the profile's own (reused from notebook 01)."""
+    fields replaced; one of the dense budgets is the profile's own (reused from notebook 01).
+    ``continued``: dense (images, epochs) that train the profile's own explainer further, from its weights on a
+    fresh warm-up and cosine schedule; their steps and seconds count the profile's pre-training too."""
 
     backbones: tuple[str, ...] = ("vit",)
     n_test_images: int = 40  # test images per task scored for every budget
     dense: tuple[tuple[int, int], ...] = ()
     online: tuple[tuple[int, int, int], ...] = ()
+    continued: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@
 #    `scaling.n_test_images` test images per task (a reduced count), both heads: the median Spearman with the
 #    exact window quantity (notebook 02), the worst task × head setting, and TVE's Fidelity⁺ AUC over that of
 #    exact window occlusion on the same images. `pretrain_seconds` counts training plus the stored targets the
-#    budget uses, so the samplers compare on total compute. One dense budget is the profile's own explainer.
+#    budget uses, so the samplers compare on total compute. One dense budget is the profile's own explainer;
+#    the budgets above it (`scaling.continued`) train that explainer further, on a fresh warm-up and cosine
+#    schedule, and count its steps and seconds too.
 # 2. **Ablations** (`tve_lib.studies.ablations`), one factor at a time at a reduced pre-training budget
 #    (`eval.ablation_epochs` epochs of `eval.ablation_images` images, the reference being the profile's
 #    TVEConfig at that budget), on the first `eval.ablation_n_images` evaluation images of each task:
@@ -53,15 +55,15 @@ from tve_lib.report.figures import SPEARMAN_OK
 from tve_lib.report.findings import extended_finding, in_domain_finding, scaling_finding
 from tve_lib.report.plots import savefig
 from tve_lib.studies.ablations import ablation_variants, reference_config, run_ablations
-from tve_lib.studies.scaling import run_scaling, scaling_budgets, shape_front
+from tve_lib.studies.scaling import continued_budgets, run_scaling, scaling_budgets, shape_front
 
 suite = Suite(PROFILE, SEED, DEVICE, DATA_DIR, WEIGHTS_DIR, RESULTS_DIR)
 ev, sc, tcfg = suite.profile.eval, suite.profile.scaling, suite.profile.tve
 ref = reference_config(suite.profile)
-budgets = scaling_budgets(suite.profile)
-print(f"scaling: {len(budgets)} budgets on {SCALING_BACKBONES or list(sc.backbones)}, "
-      f"{sc.n_test_images} test images per task; profile explainer: {tcfg.sampler} sampler, {tcfg.arch}, "
-      f"{tcfg.n_images} images x {tcfg.epochs} epochs")
+budgets, continued = scaling_budgets(suite.profile), continued_budgets(suite.profile)
+print(f"scaling: {len(budgets)} budgets from the start and {len(continued)} continued on "
+      f"{SCALING_BACKBONES or list(sc.backbones)}, {sc.n_test_images} test images per task; "
+      f"profile explainer: {tcfg.sampler} sampler, {tcfg.arch}, {tcfg.n_images} images x {tcfg.epochs} epochs")
 print(f"ablation reference: {ref.arch}, depth {ref.depth}, {ref.epochs} epoch(s) of {ref.n_images} images; "
       f"{ev.ablation_n_images} test images per task")
 
@@ -72,7 +74,7 @@ print(f"ablation reference: {ref.arch}, depth {ref.depth}, {ref.epochs} epoch(s)
 t0 = time.time()
 scaling_path = suite.path("tve", "scaling.csv")
 for b in SCALING_BACKBONES or sc.backbones:
-    rows, per_setting = run_scaling(suite, b, budgets)
+    rows, per_setting = run_scaling(suite, b, budgets, continued)
     # a backbone's study is rerun whole: its rows are replaced, other backbones' kept
     scaling = upsert_csv(rows, scaling_path, ["backbone", "seed"])
     upsert_csv(per_setting.assign(seed=SEED), suite.path("tve", "scaling_settings.csv"), ["backbone", "seed"])
@@ -85,7 +87,7 @@ display(Markdown(scaling_finding(scaling, tcfg.n_images, tcfg.epochs)))
 
 # %% [markdown]
 # ### Past this run's budgets
-# A whole run stops just above the profile's pre-training (its largest `scaling.dense` budget, in the table above),
+# A whole run stops just above the profile's pre-training (its `scaling.continued` budget, in the table above),
 # so that it fits its hour. Where the curve above still misses a target,
 # `python -m tve_lib.studies.scaling_extended --profile <profile> --dense IMAGESxEPOCHS` measures larger budgets
 # with the same probe and upserts them into `tve/scaling_extended.csv` (with the machine, threads and commit

@@ -269,7 +269,7 @@ def _epoch(net: nn.Module, objs: dict[str, Any], source: DenseSource | OnlineSou
 def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSet, cfg: TVEConfig,
              ckpt: Path, seed: int, radius: int | None = None, progress: bool = True,
              on_step: Callable[[int, float, float], None] | None = None,
-             store_dir: Path | None = None) -> list[dict]:
+             store_dir: Path | None = None, init_seconds: float = 0.0) -> list[dict]:
     """Pre-train ``model`` on the upstream set; one checkpoint per epoch, resumes after interruption.
 
     Under torchrun each rank takes its slice of the global batch and DDP averages gradients, so
@@ -277,7 +277,8 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
     lives in ``store_dir`` (default: beside ``ckpt``). Returns rows ``epoch, split, loss_keep,
     loss_remove, trivial_keep, trivial_remove, seconds, target_seconds``: ``seconds`` is the
     training time plus ``target_seconds``, what computing the stored targets of these images cost
-    (also when an earlier run had built them), so budgets compare on total compute.
+    (also when an earlier run had built them), so budgets compare on total compute; ``init_seconds``, the
+    training time already spent on the weights ``model`` starts from (a continued budget), is counted in it.
     """
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"unknown TVE sampler {cfg.sampler!r}; expected one of: {', '.join(SAMPLERS)}")
@@ -292,7 +293,7 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
     per_epoch = math.ceil(n / cfg.batch_size)
     objs = _optimiser(model, cfg, cfg.epochs * per_epoch)
     part = Path(ckpt).with_suffix(".partial.pt")
-    state = resume(part, objs) or {"epoch": 0, "history": [], "seconds": 0.0}
+    state = resume(part, objs) or {"epoch": 0, "history": [], "seconds": init_seconds}
     ids = upstream_order(train, seed)[:n]
     if cfg.sampler == "dense":
         source = DenseSource(model, backbone, train, ids, radius, cfg, Path(store_dir or Path(ckpt).parent),

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from ..schema import DIRECTION, method_label
+from ..schema import DIRECTION, continued_rows, method_label
 
 CURVE_YLABEL = {"fid_plus": "Fidelity⁺ (↑)", "fid_minus": "Fidelity⁻ (↓)", "pos": "top-1 agreement, POS (↓)",
                 "neg": "top-1 agreement, NEG (↑)", "deletion": "p(ŷ), deletion (↓)",
@@ -120,7 +120,9 @@ def ablation_bars(ablations: pd.DataFrame, metric: str = "fid_plus_auc") -> plt.
 def scaling_curve(scaling: pd.DataFrame, target: float | None = None) -> plt.Figure:
     """Median transfer Spearman (and the worst setting's) against pre-training seconds, log x."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
-    d = scaling.assign(budget=scaling.sampler + " · " + scaling.arch).sort_values("pretrain_seconds")
+    # a continued budget (trained further from the profile's explainer) is its own series, not a point of the curve
+    budget = scaling.sampler + " · " + scaling.arch + continued_rows(scaling).map({True: " · continued", False: ""})
+    d = scaling.assign(budget=budget).sort_values("pretrain_seconds")
     # rows measured past the run's budgets (scaling_extended.csv) carry a "source" and are drawn apart
     style = "source" if "source" in d and d.source.nunique() > 1 else "backbone"
     for ax, col, title in ((axes[0], "transfer_spearman", "median over task × head settings"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..schema import continued_rows
 from .claims import (
     COMPETITIVE,
     FID_RATIO_MEDIAN_OK,
@@ -103,9 +104,31 @@ def branch_finding(summary: pd.DataFrame) -> str:
             f"{worst.median_spearman_exact_keep:.2f}, exact remove {worst.median_spearman_exact_remove:.2f}.")
 
 
-def scaling_finding(scaling: pd.DataFrame, profile_images: int, profile_epochs: int) -> str:
-    """Notebook 03b: the measured curve, and the smallest measured budget meeting each target."""
+def _continued_finding(cont: pd.DataFrame, scratch: pd.DataFrame) -> list[str]:
+    """Each continued budget against the budget it continues (the from-the-start row of the same images and epochs)."""
     out = []
+    for _, r in cont.sort_values("pretrain_seconds").iterrows():
+        n0, e0 = int(r.continued_from_images), int(r.continued_from_epochs)
+        txt = (f"{r.backbone}, {r.sampler} sampler, {r.arch}: the {n0} × {e0} explainer trained further on "
+               f"{r.n_images} images × {r.epochs} epochs ({r.pretrain_seconds:.0f} s of pre-training in all): median "
+               f"transfer Spearman {r.transfer_spearman:.3f}")
+        base = scratch[(scratch.backbone == r.backbone) & (scratch.sampler == r.sampler) & (scratch.arch == r.arch)
+                       & (scratch.n_images == n0) & (scratch.epochs == e0)]
+        if len(base):
+            o = base.iloc[0]
+            txt += f" against {o.transfer_spearman:.3f} at {o.pretrain_seconds:.0f} s"
+            if "transfer_spearman_min" in r and "transfer_spearman_min" in o:
+                txt += f"; worst setting {r.transfer_spearman_min:.3f} against {o.transfer_spearman_min:.3f}"
+        out.append(txt)
+    return out
+
+
+def scaling_finding(scaling: pd.DataFrame, profile_images: int, profile_epochs: int) -> str:
+    """Notebook 03b: the measured curve, and the smallest measured budget meeting each target; continued budgets
+    apart, each against the explainer it continues."""
+    out = []
+    cont = continued_rows(scaling)
+    scaling, continued = scaling[~cont], scaling[cont]
     for (b, sampler, arch), g in scaling.groupby(["backbone", "sampler", "arch"]):
         g = g.sort_values("pretrain_seconds")
         best = g.loc[g.transfer_spearman.idxmax()]
@@ -122,6 +145,7 @@ def scaling_finding(scaling: pd.DataFrame, profile_images: int, profile_epochs: 
         fr = g.fid_plus_ratio_to_occlusion
         txt += f"; Fid⁺ ratio to occlusion {fr.iloc[0]:.2f} → {fr.iloc[-1]:.2f}"
         out.append(txt)
+    out += _continued_finding(continued, scaling)
     prof = scaling[(scaling.n_images == profile_images) & (scaling.epochs == profile_epochs)]
     head = (f"**Finding (this run, {int(scaling.n_test_images.max()) if 'n_test_images' in scaling else '?'} test "
             f"images per task).** ")
@@ -171,7 +195,7 @@ def extended_finding(extended: pd.DataFrame, scaling: pd.DataFrame, settings: pd
     out = []
     # rows written before the upstream augmentation was recorded ran the profile's: "" here
     ext, settings = _with_augment(extended), None if settings is None else _with_augment(settings)
-    run_rows = _with_augment(scaling)
+    run_rows = _with_augment(scaling[~continued_rows(scaling)])  # a continued budget is not one from the start
     groups = ext.sort_values("pretrain_seconds").groupby(["backbone", "sampler", "arch", "augment", "overrides"])
     for (b, sampler, arch, aug, over), g in groups:
         where = f"{g.cpu.iloc[0]}, {_threads(g.threads)}" if "cpu" in g else "another run"

@@ -5,7 +5,8 @@ image), scored on a reduced set of test images per task, both heads, against the
 quantity it amortises: median Spearman and top-10 % overlap (notebook 02's transfer error), and
 its Fidelity⁺ AUC over that of exact window occlusion on the same images (notebook 03's
 amortisation factor). ``pretrain_seconds`` is training plus the cost of the stored targets the
-budget uses, so dense and online samplers compare on total compute.
+budget uses, so dense and online samplers compare on total compute. A continued budget trains the profile's
+explainer further (`Suite.continued_explainer`); its steps, targets and seconds count the profile's too.
 """
 
 from __future__ import annotations
@@ -93,21 +94,24 @@ def budget_steps(cfg: TVEConfig, n_images: int | None = None) -> int:
     return cfg.epochs * -(-n // cfg.batch_size)
 
 
-def scaling_row(probe: ScalingProbe, cfg: TVEConfig) -> tuple[dict, pd.DataFrame]:
+def scaling_row(probe: ScalingProbe, cfg: TVEConfig, continues: TVEConfig | None = None) -> tuple[dict, pd.DataFrame]:
     """Pre-train (or load) the explainer of one budget and score it: the row of ``scaling.csv``
     (medians over the task x head settings; the worst setting in ``transfer_spearman_min``) and the
-    per-setting scores."""
+    per-setting scores. ``continues``: the config of the explainer this budget trains further (None: from the
+    start); ``steps`` and ``targets_seen`` then count its training too, ``continued_from_*`` name it."""
     suite, b = probe.suite, probe.backbone
     t0 = time.time()
-    expl = suite.explainer(b, cfg)
-    hist = suite.tve_history(b, cfg)
+    expl = suite.explainer(b, cfg) if continues is None else suite.continued_explainer(b, cfg, continues)
+    hist = suite.tve_history(b, cfg, continues)
     ratio = trivial_ratio(pd.DataFrame([{"backbone": b, **h} for h in hist])).ratio.iloc[0]
     per = probe.score(expl)
-    n = min(cfg.n_images, len(suite.upstream[0]))
-    steps = budget_steps(cfg, n)
+    up = len(suite.upstream[0])
+    n, n0 = min(cfg.n_images, up), 0 if continues is None else min(continues.n_images, up)
     k = probe.bb.n_players if cfg.sampler == "dense" else min(cfg.windows_per_image, probe.bb.n_players)
+    e0 = 0 if continues is None else continues.epochs
     row = dict(backbone=b, sampler=cfg.sampler, arch=cfg.arch, n_images=n, epochs=cfg.epochs,
-               windows_per_image=k, steps=steps, targets_seen=n * cfg.epochs * k * 2,
+               windows_per_image=k, steps=budget_steps(cfg, n) + (budget_steps(continues, n0) if n0 else 0),
+               targets_seen=(n * cfg.epochs + n0 * e0) * k * 2,
                pretrain_seconds=hist[-1]["seconds"], heldout_ratio=ratio,
                transfer_spearman=per.spearman.median(), topk_overlap=per.topk_overlap.mean(),
                fid_plus_ratio_to_occlusion=per.fid_plus_ratio_to_occlusion.median(), seed=suite.seed,
@@ -115,9 +119,9 @@ def scaling_row(probe: ScalingProbe, cfg: TVEConfig) -> tuple[dict, pd.DataFrame
                depth=cfg.depth, embed_dim=cfg.embed_dim, n_test_images=probe.n_images, augment=cfg.augment,
                backbone_weights=probe.weights, dtype=dtype_name(probe.bb.compute_dtype),  # of the targets' passes
                train_dtype=dtype_name(probe.bb.train_dtype or torch.float32),  # of the training steps
-               wall_seconds=time.time() - t0)
+               continued_from_images=n0, continued_from_epochs=e0, wall_seconds=time.time() - t0)
     return row, per.assign(backbone=b, sampler=cfg.sampler, arch=cfg.arch, n_images=n, epochs=cfg.epochs,
-                           augment=cfg.augment)
+                           augment=cfg.augment, continued_from_images=n0, continued_from_epochs=e0)
 
 
 def scaling_budgets(profile) -> list[TVEConfig]:
@@ -130,18 +134,25 @@ def scaling_budgets(profile) -> list[TVEConfig]:
     return out
 
 
-def run_scaling(suite, backbone: str, budgets: Sequence[TVEConfig], progress: bool = True
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def continued_budgets(profile) -> list[TVEConfig]:
+    """Every budget of ``profile.scaling.continued``: the profile's TVEConfig with its images and epochs, each
+    trained further from the profile's own explainer."""
+    return [budget_config(profile.tve, n_images=n, epochs=e) for n, e in profile.scaling.continued]
+
+
+def run_scaling(suite, backbone: str, budgets: Sequence[TVEConfig], continued: Sequence[TVEConfig] = (),
+                progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows of ``tve/scaling.csv`` for ``backbone`` (one per budget, ``SCALING_COLUMNS`` first) and
-    the per-setting scores behind them."""
+    the per-setting scores behind them; ``continued`` budgets train the profile's explainer further."""
     probe = ScalingProbe(suite, backbone, suite.profile.scaling.n_test_images, suite.tasks_of(backbone))
     rows, per = [], []
-    for cfg in budgets:
-        row, p = scaling_row(probe, cfg)
+    for cfg, base in [(c, None) for c in budgets] + [(c, suite.profile.tve) for c in continued]:
+        row, p = scaling_row(probe, cfg, base)
         rows.append(row)
         per.append(p)
         if progress:
-            print(f"[{backbone}] {cfg.sampler} {cfg.arch} {row['n_images']} images x {cfg.epochs} epochs: "
+            after = "" if base is None else f" after {base.n_images} x {base.epochs}"
+            print(f"[{backbone}] {cfg.sampler} {cfg.arch} {row['n_images']} images x {cfg.epochs} epochs{after}: "
                   f"{row['pretrain_seconds']:.0f} s, Spearman {row['transfer_spearman']:.3f} "
                   f"(worst {row['transfer_spearman_min']:.3f})", flush=True)
     df = pd.DataFrame(rows)

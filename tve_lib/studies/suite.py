@@ -243,15 +243,18 @@ class Suite:
 
         return self.profile.tve.radius or default_radius(self.backbone(backbone).grid)
 
-    def tve_checkpoint(self, backbone: str, cfg=None, trained_on: str = "") -> Path:
+    def tve_checkpoint(self, backbone: str, cfg=None, trained_on: str = "", continues=None) -> Path:
         """Where the explainer of ``backbone`` and ``cfg`` is cached; ``trained_on`` names another pre-training set
-        than the upstream one (`tve_lib.studies.in_domain`), kept apart from it."""
+        than the upstream one (`tve_lib.studies.in_domain`), kept apart from it; ``continues``, the TVEConfig of the
+        explainer this one trains further (`continued_explainer`)."""
         cfg = cfg or self.profile.tve
         tokens = self.backbone(backbone).token_key(cfg.tap_layers) if cfg.arch in TAPPED_ARCHS else {}
         parts = (cfg, self._bb_key(backbone), *tokens.items())  # no tokens item wherever the key predates the rule
         if trained_on:  # only then: the upstream explainers keep their keys
             parts += (("trained_on", trained_on),)
-        tag = f"in_{file_safe(trained_on)}_" if trained_on else ""
+        if continues is not None:
+            parts += (("continues", self.tve_checkpoint(backbone, continues).name),)
+        tag = (f"in_{file_safe(trained_on)}_" if trained_on else "") + ("cont_" if continues is not None else "")
         return self.ckpt_dir / f"tve_{backbone}_{tag}{digest(*parts)}.pt"
 
     def explainer(self, backbone: str, cfg=None, train_subset: float = 1.0, **transfer) -> TVE:
@@ -269,10 +272,26 @@ class Suite:
         return self.pretrained_tve(backbone, cfg, self.tve_checkpoint(backbone, cfg),
                                    cfg.radius or self.tve_radius(backbone), transfer)
 
+    def continued_explainer(self, backbone: str, cfg, base=None) -> TVE:
+        """The explainer of ``base`` (default: the profile's) trained further with ``cfg``: its images and epochs,
+        from the base's weights, on a fresh warm-up and cosine schedule. Its history's ``seconds`` count the base's
+        training too (and the targets of ``cfg``'s images once), so a continued budget compares on total compute."""
+        import dataclasses
+
+        base = base or self.profile.tve
+        if dataclasses.replace(cfg, n_images=base.n_images, epochs=base.epochs) != base:
+            raise ValueError("a continued budget may change only n_images and epochs of the explainer it continues")
+        self.explainer(backbone, base)  # trained first when absent
+        init = load_torch(self.tve_checkpoint(backbone, base))
+        return self.pretrained_tve(backbone, cfg, self.tve_checkpoint(backbone, cfg, continues=base), init["radius"],
+                                   {}, init=init)
+
     def pretrained_tve(self, backbone: str, cfg, ckpt: Path, radius: int, transfer: dict[str, Any],
-                       progress: bool = True, train_set: data_mod.ImageSet | None = None) -> TVE:
+                       progress: bool = True, train_set: data_mod.ImageSet | None = None,
+                       init: dict | None = None) -> TVE:
         """The TVE explainer pre-trained with ``cfg`` whose checkpoint is ``ckpt`` (trained when absent), on
-        ``train_set`` when given (a checkpoint of its own, `tve_checkpoint`'s ``trained_on``), else upstream."""
+        ``train_set`` when given (a checkpoint of its own, `tve_checkpoint`'s ``trained_on``), else upstream;
+        from the weights of the checkpoint ``init`` when given (`continued_explainer`), else from the start."""
         from ..explainers import tve
 
         bb = self.backbone(backbone)
@@ -283,11 +302,16 @@ class Suite:
         def train() -> TVE:
             torch.manual_seed(self.seed)
             model = tve.build_explainer(bb, cfg)
+            spent = 0.0
+            if init is not None:
+                model.load_state_dict(init["model"])
+                last = init["history"][-1]  # its targets are counted again with this budget's images
+                spent = last["seconds"] - last.get("target_seconds", 0.0)
             # pretrain writes ckpt itself (atomically, resuming from its per-epoch file)
             train_images = self.pretrain_set(cfg, backbone) if train_set is None else train_set
             tve.pretrain(model, bb, train_images, self.upstream_for(backbone)[1], cfg, ckpt,
                          self.seed, radius,
-                         progress=progress, store_dir=self.ckpt_dir)
+                         progress=progress, store_dir=self.ckpt_dir, init_seconds=spent)
             return make_explainer("tve", bb, model=model, radius=radius, **transfer)
 
         return load_or_train(ckpt, restore, train, "TVE explainer")
@@ -336,9 +360,9 @@ class Suite:
                                                           cfg.augment_frac, self.seed)
         return self._pretrain_sets[key]
 
-    def tve_history(self, backbone: str, cfg=None) -> list[dict]:
-        """Pre-training rows of the cached explainer of ``backbone``."""
-        ckpt = self.tve_checkpoint(backbone, cfg)
+    def tve_history(self, backbone: str, cfg=None, continues=None) -> list[dict]:
+        """Pre-training rows of the cached explainer of ``backbone`` (``continues``: see `continued_explainer`)."""
+        ckpt = self.tve_checkpoint(backbone, cfg, continues=continues)
         if not ckpt.exists():
-            self.explainer(backbone, cfg)
+            self.explainer(backbone, cfg) if continues is None else self.continued_explainer(backbone, cfg, continues)
         return load_torch(ckpt)["history"]
