@@ -82,6 +82,8 @@ def test_extended_finding_says_whether_the_backbone_is_this_runs():
 
 
 def test_scaling_curve_draws_extended_rows_apart():
+    import matplotlib.pyplot as plt
+
     from tve_lib.report.fidelity_plots import scaling_curve
 
     rows = [dict(backbone="vit", sampler="dense", arch="tapped", pretrain_seconds=s, transfer_spearman=m,
@@ -89,14 +91,16 @@ def test_scaling_curve_draws_extended_rows_apart():
             for s, m, src in ((100.0, 0.7, "this run"), (300.0, 0.8, "this run"),
                               (1200.0, 0.9, "scaling_extended.csv"))]
     fig = scaling_curve(pd.DataFrame(rows), SPEARMAN_OK)
-    labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
-    assert {"this run", "scaling_extended.csv"} <= labels
+    labels = {t.get_text() for t in fig.legends[0].get_texts()}  # one legend, the figure's, beside both panels
+    assert {"this run", "scaling_extended.csv"} <= labels and all(ax.get_legend() is None for ax in fig.axes)
     xs = sorted(x for line in fig.axes[0].get_lines() for x in line.get_xdata() if len(line.get_xdata()) > 0)
     assert 1200.0 in xs
+    plt.close(fig)  # test_figures asserts that no figure is left open
     # a continued budget (the profile's explainer trained further) is a series of its own, not the curve's next point
     cont = dict(rows[1], pretrain_seconds=400.0, transfer_spearman=0.85, continued_from_images=4000)
     fig = scaling_curve(pd.DataFrame(rows + [cont]).fillna({"continued_from_images": 0}), SPEARMAN_OK)
-    labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+    labels = {t.get_text() for t in fig.legends[0].get_texts()}
+    plt.close(fig)
     assert {"dense · tapped", "dense · tapped · continued"} <= labels
 
 

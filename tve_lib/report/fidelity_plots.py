@@ -135,5 +135,12 @@ def scaling_curve(scaling: pd.DataFrame, target: float | None = None) -> plt.Fig
             ax.axhline(target, ls="--", c="gray")
         ax.set(xscale="log", xlabel="pre-training seconds (targets included, log)", ylabel="transfer Spearman",
                title=title)
+    # one legend, the figure's, beside the panels: inside them it covered the curves' low-compute ends
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
     fig.tight_layout()
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return fig
