@@ -57,7 +57,8 @@ PROFILES: dict[str, Profile] = {
         precision="native",
         # dense budgets from the start up to the profile's (3000 images x 80 epochs), 1/94 of its steps up; above it,
         # the profile's explainer trained further on 4000 images x 20 epochs (1.33x its steps in all): a third of
-        # what 4000 x 80 from the start costs the run, for about half its gain on the probe
+        # what 4000 x 80 from the start costs the run, for less than half its median gain on the probe (more in the
+        # worst setting)
         # (docs/benchmarks.md, "The scaling study's budget above the profile's"); the curve further out, from the
         # start, is `scaling_extended`'s, which the whole run's hour cannot hold; online (K = 1) from 1,000
         # image-steps to 32x that
