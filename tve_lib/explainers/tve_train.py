@@ -287,19 +287,15 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
     radius = radius if radius is not None else (cfg.radius or default_radius(backbone.grid))
     net: nn.Module = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index]
-                                                  if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     n = min(cfg.n_images, len(train))
     per_epoch = math.ceil(n / cfg.batch_size)
     objs = _optimiser(model, cfg, cfg.epochs * per_epoch)
     part = Path(ckpt).with_suffix(".partial.pt")
     state = resume(part, objs) or {"epoch": 0, "history": [], "seconds": init_seconds}
     ids = upstream_order(train, seed)[:n]
-    if cfg.sampler == "dense":
-        source = DenseSource(model, backbone, train, ids, radius, cfg, Path(store_dir or Path(ckpt).parent),
-                             seed, progress, rank, world)
-    else:
-        source = OnlineSource(model, backbone, train, ids, radius, cfg.windows_per_image, cfg.target_batch_size)
+    source = _source(model, backbone, train, ids, radius, cfg, Path(store_dir or Path(ckpt).parent), seed,
+                     progress)
     if "target_seconds" not in state:  # counted once, also when the store was built by an earlier run
         state["target_seconds"] = source.cost
         state["seconds"] += state["target_seconds"]
@@ -319,11 +315,9 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
         sk, sr, seen = _epoch(net, objs, source, cfg, order, gen, epoch, bar, on_step, dim_weight)
         state["seconds"] += time.time() - t0
         ho = heldout_losses(model, backbone, probe[0], probe[1], probe[2], probe[3], cfg.batch_size, probe_inputs)
-        common = {"seconds": state["seconds"], "target_seconds": state["target_seconds"]}
-        state["history"] += [
-            {"epoch": epoch + 1, "split": "train", "loss_keep": sk / seen, "loss_remove": sr / seen, **common},
-            {"epoch": epoch + 1, "split": "heldout", **ho, **common},
-        ]
+        common, e = {"seconds": state["seconds"], "target_seconds": state["target_seconds"]}, epoch + 1
+        state["history"] += [{"epoch": e, "split": "train", "loss_keep": sk / seen, "loss_remove": sr / seen, **common},
+                             {"epoch": e, "split": "heldout", **ho, **common}]
         state["epoch"] = epoch + 1
         if rank == 0:
             checkpoint(part, objs, **state)
@@ -332,11 +326,18 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
     bar.close()
     model.eval()
     if rank == 0:
-        save_torch({"model": model.state_dict(), "history": state["history"], "radius": radius,
-                    "cfg": cfg}, ckpt)
-        if part.exists():
-            part.unlink()
+        save_torch({"model": model.state_dict(), "history": state["history"], "radius": radius, "cfg": cfg}, ckpt)
+        part.unlink(missing_ok=True)
     return state["history"]
+
+
+def _source(model: nn.Module, backbone: Backbone, train: ImageSet, ids: torch.Tensor, radius: int, cfg: TVEConfig,
+            store_dir: Path, seed: int, progress: bool) -> DenseSource | OnlineSource:
+    """The targets of the pre-training images: the dense sampler's store, or the online sampler's passes."""
+    if cfg.sampler == "dense":
+        rank, world = _dist()
+        return DenseSource(model, backbone, train, ids, radius, cfg, store_dir, seed, progress, rank, world)
+    return OnlineSource(model, backbone, train, ids, radius, cfg.windows_per_image, cfg.target_batch_size)
 
 
 def step_seconds(model: nn.Module, backbone: Backbone, train: ImageSet, cfg: TVEConfig, steps: int = 1,
