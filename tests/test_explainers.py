@@ -150,6 +150,38 @@ def test_amortized_explainer_trains_and_rejects_other_heads():
         e.explain(images(2), other)
 
 
+@pytest.mark.parametrize("name", ["ig", "gradcam", "occlusion", "kernelshap", "lime"])  # those that read a target
+def test_bad_targets_are_named_before_any_model_pass(name, monkeypatch):
+    """A target out of the head's classes, of another length than the batch, or not an integer: a ValueError
+    that says what was expected, raised before the backbone runs (not an indexing error after the passes)."""
+    bb = tiny_backbone("vit")
+    kw = {"budget": 20} if name in ("kernelshap", "lime") else {"n_steps": 2} if name == "ig" else {}
+    e, h, x = make_explainer(name, bb, **kw), heads_for(bb)[0], images(4)
+
+    def no_pass(*a, **k):
+        raise AssertionError("the backbone ran before the target was checked")
+
+    monkeypatch.setattr(bb, "_run", no_pass)
+    bad = [(torch.tensor([0, 3, 1, 2]), r"must lie in \[0, 3\).*got 0\.\.3"), (-1, r"must lie in \[0, 3\)"),
+           (torch.tensor([0, 1]), r"one per image \(\[4\]\), got shape \(2,\)"),
+           (torch.tensor([[0, 1]]), "one per image"), (torch.tensor([0.0, 1, 1, 0]), "integer class indices")]
+    for target, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            e.explain(x, h, target)
+
+
+def test_sampling_targets_given_for_a_batch_larger_than_a_chunk():
+    """Regression: given targets were checked against one chunk of images, so a batch larger than
+    ``max_embeddings // budget`` failed; the maps equal the unchunked ones."""
+    bb, h, x = toy_backbone(), linear_head(3), images(5)
+    t = torch.tensor([2, 0, 1, 1, 2])
+    for name in ("kernelshap", "lime"):
+        whole = make_explainer(name, bb, budget=20).explain(x, h, t)
+        e = make_explainer(name, bb, budget=20)
+        e.max_embeddings = 2 * len(e.coalitions(torch.Generator().manual_seed(0)))  # two images per chunk
+        assert torch.allclose(whole, e.explain(x, h, t), atol=1e-6), name
+
+
 def test_registry_errors():
     bb = toy_backbone()
     assert set(EXPLAINERS) >= {"random", "ig", "gradcam", "rollout", "occlusion", "kernelshap", "lime",

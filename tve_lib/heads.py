@@ -33,6 +33,28 @@ def head_in_features(head: nn.Module) -> int:
     raise ValueError("head has no nn.Linear layer: cannot tell its input size")
 
 
+def head_out_features(head: nn.Module) -> int | None:
+    """Number of classes of a head: its last Linear layer's ``out_features`` (None without one)."""
+    lin = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    return lin[-1].out_features if lin else None
+
+
+def check_targets(target: torch.Tensor | int, n_images: int, head: nn.Module) -> torch.Tensor:
+    """``target`` as ``[n_images]`` long class indices of ``head``, or a ValueError that says what was expected
+    (one index or one per image, integers in ``[0, classes)``), before any model call."""
+    t = torch.as_tensor(target)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices, got dtype {t.dtype}")
+    if t.ndim > 1 or (t.ndim == 1 and len(t) != n_images):
+        raise ValueError(f"target must be one class index or one per image ([{n_images}]), got shape {tuple(t.shape)}")
+    t = t.long().expand(n_images) if t.ndim == 0 else t.long()
+    n = head_out_features(head)
+    lo, hi = (int(t.min()), int(t.max())) if len(t) else (0, 0)
+    if lo < 0 or (n is not None and hi >= n):
+        raise ValueError(f"target classes must lie in [0, {n}) (the head's outputs), got {lo}..{hi}")
+    return t
+
+
 def check_head(head: nn.Module, embed_dim: int) -> None:
     """Raise if the head's input size differs from the backbone's embedding size."""
     d = head_in_features(head)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
-from ..heads import check_head, head_logits
+from ..heads import check_head, check_targets, head_logits
 
 
 class Explainer:
@@ -57,8 +57,7 @@ class Explainer:
         check_head(head, self.backbone.embed_dim)
         if target is None:
             return head(self.backbone.embed(images)).argmax(-1)
-        t = torch.as_tensor(target, device=images.device, dtype=torch.long)
-        return t.expand(len(images)) if t.ndim == 0 else t
+        return check_targets(target, len(images), head).to(images.device)
 
     def explain(self, images: torch.Tensor, head: nn.Module,
                 target: torch.Tensor | int | None = None) -> torch.Tensor:

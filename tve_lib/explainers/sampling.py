@@ -59,7 +59,9 @@ class _Sampler(Explainer):
                       targets: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
         """Maps for several heads from one set of coalition embeddings."""
         self.backbone.check_input(images)
-        targets = targets or [None] * len(heads)
+        # resolved (and checked) on the whole batch, before any model call; sliced per chunk below
+        targets = [None if t is None else self.resolve_target(images, h, t)
+                   for h, t in zip(heads, targets or [None] * len(heads))]
         z = self.coalitions(torch.Generator().manual_seed(self.seed)).to(images.device)
         keep = expand_groups(z, self.groups) if self.groups is not None else z
         p = self.backbone.n_players
@@ -73,7 +75,7 @@ class _Sampler(Explainer):
             e01 = masked_embeddings(self.backbone, x, edge, self.batch_size) if self.edges else None
             e_full = e01[:, 1] if self.edges else emb[:, 0]
             for j, (h, t) in enumerate(zip(heads, targets)):
-                t = head_logits(h, e_full).argmax(-1) if t is None else self.resolve_target(x, h, t)
+                t = head_logits(h, e_full).argmax(-1) if t is None else t[s:s + chunk]
                 v = class_prob(h, emb, t)
                 v0 = class_prob(h, e01[:, 0], t) if self.edges else None
                 out[j].append(self._to_map(self.solve(z, v, v0, class_prob(h, e_full, t))))

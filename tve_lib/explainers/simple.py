@@ -66,11 +66,13 @@ class Occlusion(Explainer):
         from .tve import all_window_embeddings, exact_window_embeddings, transfer_rule
 
         self.backbone.check_input(images)
-        targets = targets or [None] * len(heads)
+        # given targets are checked before the 2·G² passes; predicted ones need the full image's pass only
+        targets = [None if t is None else self.resolve_target(images, h, t)
+                   for h, t in zip(heads, targets or [None] * len(heads))]
         windows = exact_window_embeddings if self.reuse else all_window_embeddings
         ek, er = windows(self.backbone, images, self.radius, self.batch_size)
         g = self.grid
-        return [transfer_rule(ek, er, h, self.resolve_target(images, h, t)).view(-1, g, g)
+        return [transfer_rule(ek, er, h, self.resolve_target(images, h, None) if t is None else t).view(-1, g, g)
                 for h, t in zip(heads, targets)]
 
     def explain(self, images: torch.Tensor, head: nn.Module,

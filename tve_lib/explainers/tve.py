@@ -113,12 +113,13 @@ class TVE(Explainer):
     def explain_tasks(self, images: torch.Tensor, heads: list[nn.Module],
                       targets: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
         """Explain several heads at once: ψ and g run once, only the heads repeat."""
-        targets = targets or [None] * len(heads)
+        targets = [None if t is None else self.resolve_target(images, h, t)  # checked before any pass
+                   for h, t in zip(heads, targets or [None] * len(heads))]
         phi_k, phi_r, emb = self.window_predictions(images)
         out = []
         for head, t in zip(heads, targets):
             check_head(head, self.backbone.embed_dim)
-            t = head_logits(head, emb).argmax(-1) if t is None else self.resolve_target(images, head, t)
+            t = head_logits(head, emb).argmax(-1) if t is None else t
             out.append(self.map_from(phi_k, phi_r, head, t))
         return out
 
