@@ -51,6 +51,10 @@ def test_curve_grids_reject_bad_input():
         M.perturbation_curves(bb, h, images(2), torch.full((2, 8, 8), float("nan")))
     with pytest.raises(KeyError, match="unknown curve"):
         M.perturbation_curves(bb, h, images(2), torch.zeros(2, 8, 8), which=("fid",))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):  # linear_head(): 3 classes
+        M.perturbation_curves(bb, h, images(2), torch.zeros(2, 8, 8), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"one per image \(\[2\]\)"):
+        evaluate_maps(bb, h, images(2), {"zeros": torch.zeros(2, 8, 8)}, torch.tensor([0, 1, 2]))
 
 
 def test_curves_closed_form_on_an_additive_model():

@@ -76,6 +76,8 @@ def test_one_forward_gives_prediction_and_closed_form_map(bb):
     # default target: the predicted class
     _, m_pred = m.explain(x)
     assert torch.allclose(m_pred, m.explain(x, logits.argmax(1))[1])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):  # named, not an indexing error
+        m.explain(x, target=torch.tensor([1, 4]))
 
 
 def test_tau_is_zero_when_a_and_b_train_identically(bb, trained):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone
-from .heads import head_logits
+from .heads import check_targets, head_logits
 from .masking import MASKED_BATCH, top_k_mask
 from .schema import AUC_NAMES, CURVE_METRICS, DIRECTION  # noqa: F401  (the summary.csv vocabulary)
 
@@ -221,11 +221,12 @@ def perturbation_curves(backbone: Backbone, head: nn.Module, images: torch.Tenso
         raise ValueError(f"curve base of {len(base.full)} images under operator {base.operator!r}, but "
                          f"{len(images)} images under {_operator_key(backbone)!r}: compute it with curve_base")
     grids = {k: v for k, v in curve_grids(sparsities, perturbation_steps, deletion_steps).items() if k in which}
+    if target is not None:  # checked before any pass
+        target = check_targets(target, len(images), head).to(images.device)
     base = base or curve_base(backbone, images, batch_size)
     emb_full, emb_empty = base.full, base.empty
     if target is None:
         target = head_logits(head, emb_full).argmax(-1)
-    target = torch.as_tensor(target, device=images.device).long().expand(len(images))
     p_full, hit_full = class_prob(head, emb_full, target), class_hit(head, emb_full, target)
     p_empty, hit_empty = class_prob(head, emb_empty, target), class_hit(head, emb_empty, target)
 

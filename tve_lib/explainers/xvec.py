@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..backbones import Backbone, resize_grid
 from ..cache import cached
 from ..config import XVecConfig
-from ..heads import last_linear
+from ..heads import check_targets, last_linear
 from ..imagesets import ImageSet
 from ..io import save_torch
 from ..metrics import masked_embeddings
@@ -114,13 +114,9 @@ class SelfExplainingModel(nn.Module):
     def explain(self, x: torch.Tensor, target: torch.Tensor | int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[B, C]`` and the map ``[B, G, G]`` of ``target`` (default: the predicted class)."""
+        t = None if target is None else check_targets(target, len(x), self.cls_head).to(x.device)  # before the pass
         logits, vec = self(x)
-        if target is None:
-            t = logits.argmax(-1)
-        else:
-            t = torch.as_tensor(target, device=x.device, dtype=torch.long)
-            t = t.expand(len(x)) if t.ndim == 0 else t
-        return logits, self.readout(vec, t)
+        return logits, self.readout(vec, logits.argmax(-1) if t is None else t)
 
     def set_trainable(self, train_blocks: int, explanation: bool) -> list[str]:
         """Unfreeze the last ``train_blocks`` blocks (-1: all) and final norms, the classification

@@ -32,7 +32,7 @@ from ..backbones import Backbone
 from ..cache import cached, digest, file_safe
 from ..config import EvalConfig
 from ..explainers import EXPLAINERS, explain_heads, explainer_class, supports
-from ..heads import HEAD_KINDS, head_logits
+from ..heads import HEAD_KINDS, check_targets, head_logits
 from ..imagesets import ImageSet
 from ..schema import CURVE_COLUMNS, PER_IMAGE_METRICS, SUMMARY_COLUMNS, method_label
 from ..shapley import ShapleyReference, group_sum, player_groups, shapley_references
@@ -89,7 +89,8 @@ def evaluate_maps(backbone: Backbone, head: nn.Module, images: torch.Tensor,
     meta = dict(meta or {})
     if target is None:
         target = head_logits(head, backbone.embed_batched(images, cfg.masked_batch_size)).argmax(-1)
-    target = torch.as_tensor(target, device=images.device).long().expand(len(images))
+    else:
+        target = check_targets(target, len(images), head).to(images.device)
     if masks is not None and len(masks) != len(images):
         raise ValueError(f"{len(images)} images but {len(masks)} region masks")
     curve_rows, summary_rows = [], []
