@@ -59,6 +59,13 @@ class Explainer:
             return head(self.backbone.embed(images)).argmax(-1)
         return check_targets(target, len(images), head).to(images.device)
 
+    def given_targets(self, images: torch.Tensor, heads: list[nn.Module],
+                      targets: list[torch.Tensor | int | None] | None) -> list[torch.Tensor | None]:
+        """Per head: the given target checked (`resolve_target`), or None where the prediction decides; called
+        before an explainer's passes, so a bad target fails before the long work."""
+        return [None if t is None else self.resolve_target(images, h, t)
+                for h, t in zip(heads, targets or [None] * len(heads))]
+
     def explain(self, images: torch.Tensor, head: nn.Module,
                 target: torch.Tensor | int | None = None) -> torch.Tensor:
         """Signed maps ``[B, G, G]`` of ``head``'s class ``target`` (default: the prediction)."""

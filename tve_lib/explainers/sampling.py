@@ -59,9 +59,7 @@ class _Sampler(Explainer):
                       targets: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
         """Maps for several heads from one set of coalition embeddings."""
         self.backbone.check_input(images)
-        # resolved (and checked) on the whole batch, before any model call; sliced per chunk below
-        targets = [None if t is None else self.resolve_target(images, h, t)
-                   for h, t in zip(heads, targets or [None] * len(heads))]
+        targets = self.given_targets(images, heads, targets)  # on the whole batch; sliced per chunk below
         z = self.coalitions(torch.Generator().manual_seed(self.seed)).to(images.device)
         keep = expand_groups(z, self.groups) if self.groups is not None else z
         p = self.backbone.n_players

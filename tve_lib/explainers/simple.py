@@ -66,9 +66,7 @@ class Occlusion(Explainer):
         from .tve import all_window_embeddings, exact_window_embeddings, transfer_rule
 
         self.backbone.check_input(images)
-        # given targets are checked before the 2·G² passes; predicted ones need the full image's pass only
-        targets = [None if t is None else self.resolve_target(images, h, t)
-                   for h, t in zip(heads, targets or [None] * len(heads))]
+        targets = self.given_targets(images, heads, targets)  # before the 2·G² passes
         windows = exact_window_embeddings if self.reuse else all_window_embeddings
         ek, er = windows(self.backbone, images, self.radius, self.batch_size)
         g = self.grid

@@ -113,8 +113,7 @@ class TVE(Explainer):
     def explain_tasks(self, images: torch.Tensor, heads: list[nn.Module],
                       targets: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
         """Explain several heads at once: ψ and g run once, only the heads repeat."""
-        targets = [None if t is None else self.resolve_target(images, h, t)  # checked before any pass
-                   for h, t in zip(heads, targets or [None] * len(heads))]
+        targets = self.given_targets(images, heads, targets)  # before any pass
         phi_k, phi_r, emb = self.window_predictions(images)
         out = []
         for head, t in zip(heads, targets):
