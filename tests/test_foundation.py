@@ -12,12 +12,13 @@ from conftest import tiny_backbone
 
 from tve_lib import data as data_mod
 from tve_lib.backbone_training import obtain_backbone
-from tve_lib.backbones import Backbone, create_model, derive_grid, find_weights, wrap
+from tve_lib.backbones import Backbone, create_model, find_weights, wrap
 from tve_lib.config import BackboneSpec, get_profile
 from tve_lib.heads import check_head, fold_standardization, head_accuracy, make_head, train_head
 from tve_lib.io import CorruptCheckpoint, load_torch, save_torch, upsert_csv
 from tve_lib.masking import apply_mask, pool_map, top_k_mask, windows
 from tve_lib.studies.suite import Suite
+from tve_lib.token_grids import derive_grid
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -416,3 +417,18 @@ def test_setup_refuses_a_disk_too_small_for_the_venv_before_pip_starts(tmp_path)
     assert r.returncode == 1
     assert "needs about 10000000 GB free" in r.stderr and "set TVE_VENV" in r.stderr
     assert not (tmp_path / "venv").exists()  # nothing was created
+
+
+def test_runner_skips_a_notebook_only_when_its_stamp_matches_a_clean_commit(tmp_path):
+    from tve_lib.io import write_json
+    from tve_lib.runner import _is_complete
+
+    out, stamp, params = tmp_path / "00.ipynb", tmp_path / "00.stamp.json", {"PROFILE": "smoke", "SEED": 0}
+    assert not _is_complete(stamp, out, "abc", params)  # never run
+    write_json({"commit": "abc", "parameters": params, "wall_s": 1.0}, stamp)
+    assert not _is_complete(stamp, out, "abc", params)  # stamped, but its executed copy is gone
+    out.write_text("{}")
+    assert _is_complete(stamp, out, "abc", params)
+    assert not _is_complete(stamp, out, "abd", params)
+    assert not _is_complete(stamp, out, "abc-dirty", params)
+    assert not _is_complete(stamp, out, "abc", {**params, "SEED": 1})

@@ -17,8 +17,9 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "tve_lib"
 CORE = ("config", "settings", "io", "schema", "cache", "seeds", "data", "imagesets", "augment", "masking", "operators",
-        "loader", "backbones", "backbone_training", "heads", "metrics", "shapley", "timing", "gallery")
+        "loader", "backbones", "token_grids", "backbone_training", "heads", "metrics", "shapley", "timing", "gallery")
 MODEL_CODE = ("torch", "timm", "captum", "torchvision", "tve_lib.explainers", "tve_lib.studies", "tve_lib.backbones",
+              "tve_lib.token_grids",
               "tve_lib.backbone_training",
               "tve_lib.heads", "tve_lib.data", "tve_lib.imagesets", "tve_lib.metrics", "tve_lib.shapley",
               "tve_lib.masking", "tve_lib.operators", "tve_lib.loader", "tve_lib.augment", "tve_lib.timing",

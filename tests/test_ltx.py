@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import tiny_backbone
 
-from tve_lib import backbones
+from tve_lib import token_grids
 from tve_lib.config import LTXConfig, get_profile
 from tve_lib.data import TensorImageSet
-from tve_lib.explainers import ltx, make_explainer, registered
+from tve_lib.explainers import ltx, ltx_model, make_explainer, registered
 from tve_lib.heads import make_head
 from tve_lib.report import claims
 from tve_lib.report import ltx as ltx_report
@@ -48,9 +48,9 @@ def vit():
 def test_mask_shape_range_and_frozen_embeddings(name, token_grid):
     bb = tiny_backbone(name)
     torch.manual_seed(0)
-    net = ltx.LTXNet(bb)
+    net = ltx_model.LTXNet(bb)
     x = _images(3)
-    tok = backbones.token_grid(net.encoder, net.encoder.forward_features(x), bb.num_prefix_tokens)
+    tok = token_grids.token_grid(net.encoder, net.encoder.forward_features(x), bb.num_prefix_tokens)
     assert tok.shape == (3, token_grid, token_grid, net.encoder.num_features)
     m = net(x)
     assert m.shape == (3, bb.grid, bb.grid)  # Swin's 4x4 final stage is interpolated to the 8x8 grid
@@ -69,19 +69,19 @@ def test_mask_shape_range_and_frozen_embeddings(name, token_grid):
 def test_prefix_tokens_must_leave_a_square_grid():
     bb = tiny_backbone("deit")
     with pytest.raises(ValueError, match="do not form a square grid"):
-        backbones.token_grid(bb.model, bb.model.forward_features(_images(1)), 0)  # DeiT has 2 prefix tokens, not 0
+        token_grids.token_grid(bb.model, bb.model.forward_features(_images(1)), 0)  # DeiT has 2 prefix tokens, not 0
 
 
 def test_soft_mask_uses_the_shared_removal_operator(vit):
     x = _images(2)
     g = vit.grid
     hard = (torch.rand(2, g, g, generator=torch.Generator().manual_seed(1)) > 0.5).float()
-    assert torch.equal(ltx.apply_soft_mask(vit, x, hard, "nearest"), vit.mask(x, hard))
+    assert torch.equal(ltx_model.apply_soft_mask(vit, x, hard, "nearest"), vit.mask(x, hard))
     for c in (0.0, 0.3, 1.0):  # bilinear upsampling of a constant mask is that constant
         m = torch.full((2, g, g), c)
-        torch.testing.assert_close(ltx.apply_soft_mask(vit, x, m, "bilinear"), c * x)
+        torch.testing.assert_close(ltx_model.apply_soft_mask(vit, x, m, "bilinear"), c * x)
     with pytest.raises(ValueError, match="unknown upsample"):
-        ltx.apply_soft_mask(vit, x, hard, "cubic")
+        ltx_model.apply_soft_mask(vit, x, hard, "cubic")
 
 
 def test_loss_terms_closed_form(vit):
@@ -89,12 +89,12 @@ def test_loss_terms_closed_form(vit):
     x = _images(2)
     y = torch.tensor([0, 2])
     m = torch.full((2, vit.grid, vit.grid), 0.25)
-    loss, ce, pen = ltx.ltx_loss(vit, head, x, m, y, dataclasses.replace(SMALL, lambda_mask=2.0))
+    loss, ce, pen = ltx_model.ltx_loss(vit, head, x, m, y, dataclasses.replace(SMALL, lambda_mask=2.0))
     torch.testing.assert_close(pen, torch.full((2,), 0.25))
     expect_ce = torch.nn.functional.cross_entropy(head(vit.embed(0.25 * x)), y, reduction="none")
     torch.testing.assert_close(ce, expect_ce)
     torch.testing.assert_close(loss, ce + 0.5)
-    _, _, bce = ltx.ltx_loss(vit, head, x, m, y, dataclasses.replace(SMALL, mask_penalty="bce"))
+    _, _, bce = ltx_model.ltx_loss(vit, head, x, m, y, dataclasses.replace(SMALL, mask_penalty="bce"))
     torch.testing.assert_close(bce, torch.nn.functional.softplus(torch.tensor(0.25)).expand(2))
 
 
@@ -104,7 +104,7 @@ def test_pretraining_and_finetuning_decrease_the_loss(vit):
     data = TensorImageSet("rand", torch.rand(32, 1, 32, 32, generator=torch.Generator().manual_seed(0)),
                           torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(0)), ["a", "b", "c"])
     torch.manual_seed(0)
-    net = ltx.LTXNet(vit)
+    net = ltx_model.LTXNet(vit)
     hist = ltx.pretrain_ltx(net, vit, head, data, dataclasses.replace(SMALL, n_train=32, batch_size=16), seed=0,
                             progress=False)
     assert [h["epoch"] for h in hist] == [1, 2, 3]
@@ -121,7 +121,7 @@ def test_pretraining_and_finetuning_decrease_the_loss(vit):
 def test_finetuning_never_changes_the_explained_model_or_plTX(vit):
     head = _head(vit)
     torch.manual_seed(0)
-    net = ltx.LTXNet(vit)
+    net = ltx_model.LTXNet(vit)
     before = {k: v.clone() for k, v in vit.state_dict().items()}
     net_before = {k: v.clone() for k, v in net.state_dict().items()}
     head_before = {k: v.clone() for k, v in head.state_dict().items()}
@@ -136,7 +136,7 @@ def test_vectorised_copies_equal_one_image_at_a_time(name):
     bb = tiny_backbone(name)
     head = _head(bb)
     torch.manual_seed(0)
-    net = ltx.LTXNet(bb)
+    net = ltx_model.LTXNet(bb)
     x = _images(3)
     together = ltx.finetune(net, bb, head, x, dataclasses.replace(SMALL, ft_batch=3), progress=False)
     alone = ltx.finetune(net, bb, head, x, dataclasses.replace(SMALL, ft_batch=1), progress=False)
@@ -163,7 +163,7 @@ def test_selection_is_recorded_and_test_metric_is_never_ranked(vit):
     ev = get_profile("smoke").eval
     head = _head(vit)
     torch.manual_seed(0)
-    net = ltx.LTXNet(vit)
+    net = ltx_model.LTXNet(vit)
     x = _images(4)
     labels = torch.tensor([0, 1, 2, 0])
     res = ltx.finetune(net, vit, head, x, SMALL, labels=labels, pos_auc=True, eval_cfg=ev, progress=False)
@@ -185,7 +185,7 @@ def test_selection_is_recorded_and_test_metric_is_never_ranked(vit):
 def test_explainer_api_and_bad_input(vit):
     head = _head(vit)
     torch.manual_seed(0)
-    net = ltx.LTXNet(vit)
+    net = ltx_model.LTXNet(vit)
     x = _images(2)
     p = ltx.PLTX(vit, net, head)
     assert p.explain(x, head).shape == (2, vit.grid, vit.grid)
@@ -199,17 +199,17 @@ def test_explainer_api_and_bad_input(vit):
     assert m.shape == (2, vit.grid, vit.grid) and labelled.last.pos_auc is not None
     assert e.labels is None and e.last is None  # a configured copy: the original is unchanged
     with pytest.raises(ValueError, match="unknown LTX mode"):
-        ltx.check_config(dataclasses.replace(SMALL, mode="oracle"))
+        ltx_model.check_config(dataclasses.replace(SMALL, mode="oracle"))
     with pytest.raises(ValueError, match="ft_steps must be >= 1"):
-        ltx.check_config(dataclasses.replace(SMALL, ft_steps=0))
+        ltx_model.check_config(dataclasses.replace(SMALL, ft_steps=0))
     with pytest.raises(ValueError, match="needs the ground-truth labels"):
-        ltx.training_targets(vit, head, x, None, "target")
+        ltx_model.training_targets(vit, head, x, None, "target")
 
 
 def test_registered_and_built_by_the_registry(vit):
     head = _head(vit)
     torch.manual_seed(0)
-    net = ltx.LTXNet(vit)
+    net = ltx_model.LTXNet(vit)
     x = _images(2)
     assert {"pltx", "ltx"} <= set(registered(compared=False)) and not {"pltx", "ltx"} & set(registered(True))
     p = make_explainer("pltx", vit, net=net, head=head)

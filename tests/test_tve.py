@@ -12,12 +12,13 @@ import torch
 import torch.nn as nn
 from conftest import tiny_backbone
 
-from tve_lib.backbones import Backbone, to_player_grid
+from tve_lib.backbones import Backbone
 from tve_lib.config import TVEConfig
 from tve_lib.data import TensorImageSet
 from tve_lib.explainers import tve as tve_mod
 from tve_lib.heads import make_head
 from tve_lib.masking import windows
+from tve_lib.token_grids import to_player_grid
 
 TINY = TVEConfig(arch="two", sampler="online", centred_weight=1.0, depth=1, embed_dim=32, mix_hidden=32, epochs=2,
                  n_images=32, batch_size=8, windows_per_image=2, n_heldout=8, lr=3e-3)

@@ -196,6 +196,21 @@ def curve_base(backbone: Backbone, images: torch.Tensor, batch_size: int = MASKE
 
 
 @torch.inference_mode()  # scores only: the curves never enter autograd
+def _check_curve_inputs(backbone: Backbone, images: torch.Tensor, attr: torch.Tensor, which: Sequence[str],
+                        base: CurveBase | None) -> torch.Tensor:
+    """`perturbation_curves`' inputs checked before any pass; the maps as player scores ``[B, P]``."""
+    unknown = set(which) - set(CURVE_METRICS)
+    if unknown:
+        raise KeyError(f"unknown curve(s) {sorted(unknown)}; expected some of {CURVE_METRICS}")
+    a = _player_scores(attr, backbone.n_players).to(images.device)
+    if len(a) != len(images):
+        raise ValueError(f"{len(images)} images but {len(a)} attribution maps")
+    if base is not None and (len(base.full) != len(images) or base.operator != _operator_key(backbone)):
+        raise ValueError(f"curve base of {len(base.full)} images under operator {base.operator!r}, but "
+                         f"{len(images)} images under {_operator_key(backbone)!r}: compute it with curve_base")
+    return a
+
+
 def perturbation_curves(backbone: Backbone, head: nn.Module, images: torch.Tensor, attr: torch.Tensor,
                         target: torch.Tensor | None = None, sparsities: Sequence[float] = (0.0, 0.5),
                         perturbation_steps: Sequence[float] = (0.0, 0.5), deletion_steps: int = 10,
@@ -210,16 +225,8 @@ def perturbation_curves(backbone: Backbone, head: nn.Module, images: torch.Tenso
     images are evaluated once, or taken from ``base``, `curve_base` of the same images under the same
     removal operator). ``which`` restricts the curves (and so the model calls).
     """
-    unknown = set(which) - set(CURVE_METRICS)
-    if unknown:
-        raise KeyError(f"unknown curve(s) {sorted(unknown)}; expected some of {CURVE_METRICS}")
     p = backbone.n_players
-    a = _player_scores(attr, p).to(images.device)
-    if len(a) != len(images):
-        raise ValueError(f"{len(images)} images but {len(a)} attribution maps")
-    if base is not None and (len(base.full) != len(images) or base.operator != _operator_key(backbone)):
-        raise ValueError(f"curve base of {len(base.full)} images under operator {base.operator!r}, but "
-                         f"{len(images)} images under {_operator_key(backbone)!r}: compute it with curve_base")
+    a = _check_curve_inputs(backbone, images, attr, which, base)
     grids = {k: v for k, v in curve_grids(sparsities, perturbation_steps, deletion_steps).items() if k in which}
     if target is not None:  # checked before any pass
         target = check_targets(target, len(images), head).to(images.device)

@@ -81,12 +81,9 @@ def run(profile: str = "cpu", only: list[str] | None = None, keep_going: bool = 
     for nb in notebook_list(only):
         out = out_dir / nb.name
         stamp = out_dir / f"{nb.stem}.stamp.json"
-        if not force and stamp.exists():
-            s = json.loads(stamp.read_text())
-            if s.get("commit") == commit and s.get("parameters") == params and out.exists() \
-                    and "dirty" not in commit:
-                print(f"[skip] {nb.name}: complete for this commit and parameters (--force reruns)")
-                continue
+        if not force and _is_complete(stamp, out, commit, params):
+            print(f"[skip] {nb.name}: complete for this commit and parameters (--force reruns)")
+            continue
         print(f"[run ] {nb.name} (profile {profile})", flush=True)
         t0 = time.time()
         try:
@@ -109,6 +106,14 @@ def run(profile: str = "cpu", only: list[str] | None = None, keep_going: bool = 
         record_run()
     record_run()
     return status
+
+
+def _is_complete(stamp: Path, out: Path, commit: str, params: dict) -> bool:
+    """Whether a notebook's executed copy is from this clean commit with these parameters (its stamp says so)."""
+    if not stamp.exists() or not out.exists() or "dirty" in commit:
+        return False
+    s = json.loads(stamp.read_text())
+    return s.get("commit") == commit and s.get("parameters") == params
 
 
 def _auto_device() -> str:

@@ -13,7 +13,7 @@
 #   explainer never sees), and 2×2 mosaics whose label is decided by one known quadrant (outlined in red),
 #   which gives localisation metrics a ground truth.
 #
-# The explanation grid is derived from each model's token strides (`tve_lib.backbones.derive_grid`), never
+# The explanation grid is derived from each model's token strides (`tve_lib.token_grids.derive_grid`), never
 # hard-coded; all sizes come from the profile (`tve_lib.config`).
 
 # %% tags=["parameters"]

@@ -8,7 +8,8 @@ heads of one task through ``explain_tasks`` (shared model calls where the class 
 Modules: `simple` (random, window occlusion), `gradient` (IG, Grad-CAM via Captum), `rollout`,
 `sampling` (KernelSHAP, LIME), `amortized` (FastSHAP-style, trained per task and head), `tve`
 (TVE; its networks in `tve_model`, pre-training in `tve_train`, stored targets in `tve_targets`),
-`ltx` (pLTX / LTX), `xvec` (the explainability vector's self-explaining model and its training).
+`ltx` (pLTX / LTX; the network and loss in `ltx_model`), `xvec` (the explainability vector's self-explaining
+model and its training).
 """
 
 from __future__ import annotations

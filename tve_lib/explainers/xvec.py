@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backbones import Backbone, resize_grid
+from ..backbones import Backbone
 from ..cache import cached
 from ..config import XVecConfig
 from ..heads import check_targets, last_linear
@@ -34,6 +34,7 @@ from ..imagesets import ImageSet
 from ..io import save_torch
 from ..metrics import masked_embeddings
 from ..shapley import kernel_coalitions, kernel_shap
+from ..token_grids import resize_grid
 from .base import Explainer
 from .registry import register_explainer
 from .tve_train import _lr_lambda

@@ -21,7 +21,8 @@ from torch import nn
 from ..backbones import Backbone
 from ..cache import cached, digest, file_safe
 from ..config import EvalConfig, LTXConfig
-from ..explainers.ltx import PRETRAIN_FIELDS, SELECTIONS, FineTuneResult, LTXNet, finetune, pretrain_ltx
+from ..explainers.ltx import PRETRAIN_FIELDS, SELECTIONS, FineTuneResult, finetune, pretrain_ltx
+from ..explainers.ltx_model import LTXNet
 from ..heads import head_logits
 from ..metrics import curve_base
 from ..precision import dtype_name
