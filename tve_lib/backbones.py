@@ -1,6 +1,6 @@
 """Frozen timm backbones: `embed(x) = forward_head(forward_features(x), pre_logits=True)`.
 
-The explanation grid is derived from the model, never hard-coded: the finest token stride in
+The explanation grid is derived from the model, never hard-coded (`tve_lib.token_grids`): the finest token stride in
 ``model.feature_info`` whose grid is at most ``profile.max_grid`` (ViT-B/16 and Swin-B at 224 px
 both give 14x14 patches of 16 px; the cpu profile's tiny models give 8x8 patches of 4 px).
 In cpu/smoke the suite trains the backbones itself on the upstream set and caches them; in
