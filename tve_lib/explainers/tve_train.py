@@ -266,6 +266,15 @@ def _epoch(net: nn.Module, objs: dict[str, Any], source: DenseSource | OnlineSou
     return sk, sr, seen
 
 
+def _heldout_probe(model: nn.Module, backbone: Backbone, val: ImageSet, cfg: TVEConfig, seed: int, radius: int
+                   ) -> tuple[tuple, list[tuple], torch.Tensor | None]:
+    """The held-out probe (images and both branches' targets), its prepared inputs, and the loss's per-dimension
+    weights, taken from the probe's targets: the same for both samplers, and fixed before the first step."""
+    probe = _probe(backbone, val, cfg, seed, radius)
+    return probe, prepare_batches(model, backbone, probe[0], cfg.batch_size), dim_weights(probe[2], probe[3],
+                                                                                            cfg.loss_dims)
+
+
 def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSet, cfg: TVEConfig,
              ckpt: Path, seed: int, radius: int | None = None, progress: bool = True,
              on_step: Callable[[int, float, float], None] | None = None,
@@ -299,10 +308,7 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
     if "target_seconds" not in state:  # counted once, also when the store was built by an earlier run
         state["target_seconds"] = source.cost
         state["seconds"] += state["target_seconds"]
-    probe = _probe(backbone, val, cfg, seed, radius)
-    probe_inputs = prepare_batches(model, backbone, probe[0], cfg.batch_size)
-    # from the held-out probe's targets: the same for both samplers, and fixed before the first step
-    dim_weight = dim_weights(probe[2], probe[3], cfg.loss_dims)
+    probe, probe_inputs, dim_weight = _heldout_probe(model, backbone, val, cfg, seed, radius)
 
     # one bar for the whole pre-training, not one per epoch: a notebook keeps every bar it ever showed
     bar = tqdm(total=cfg.epochs * per_epoch, initial=state["epoch"] * per_epoch, leave=False,
