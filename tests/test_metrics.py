@@ -82,6 +82,14 @@ def test_curves_closed_form_on_an_additive_model():
     assert cur["deletion"][1][:, -1] == pytest.approx(cur["insertion"][1][:, 0])
 
 
+def test_curves_never_enter_autograd_even_for_a_trainable_head():
+    """A head with trainable weights (a notebook's freshly trained probe) gives curves outside autograd."""
+    bb, h = toy_backbone(), linear_head(num_classes=2).requires_grad_(True)
+    x, attr = images(3), torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2))
+    cur = M.perturbation_curves(bb, h, x, attr)
+    assert all(not y.requires_grad and y.is_inference() for _, y in cur.values())
+
+
 def test_oracle_ranking_beats_random_on_deletion_and_fidelity():
     bb, h = toy_backbone(), linear_head(num_classes=2)
     x = images(24)

@@ -195,7 +195,6 @@ def curve_base(backbone: Backbone, images: torch.Tensor, batch_size: int = MASKE
                      _operator_key(backbone))
 
 
-@torch.inference_mode()  # scores only: the curves never enter autograd
 def _check_curve_inputs(backbone: Backbone, images: torch.Tensor, attr: torch.Tensor, which: Sequence[str],
                         base: CurveBase | None) -> torch.Tensor:
     """`perturbation_curves`' inputs checked before any pass; the maps as player scores ``[B, P]``."""
@@ -211,6 +210,7 @@ def _check_curve_inputs(backbone: Backbone, images: torch.Tensor, attr: torch.Te
     return a
 
 
+@torch.inference_mode()  # scores only: the curves never enter autograd
 def perturbation_curves(backbone: Backbone, head: nn.Module, images: torch.Tensor, attr: torch.Tensor,
                         target: torch.Tensor | None = None, sparsities: Sequence[float] = (0.0, 0.5),
                         perturbation_steps: Sequence[float] = (0.0, 0.5), deletion_steps: int = 10,
