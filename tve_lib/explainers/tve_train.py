@@ -271,8 +271,8 @@ def _heldout_probe(model: nn.Module, backbone: Backbone, val: ImageSet, cfg: TVE
     """The held-out probe (images and both branches' targets), its prepared inputs, and the loss's per-dimension
     weights, taken from the probe's targets: the same for both samplers, and fixed before the first step."""
     probe = _probe(backbone, val, cfg, seed, radius)
-    return probe, prepare_batches(model, backbone, probe[0], cfg.batch_size), dim_weights(probe[2], probe[3],
-                                                                                            cfg.loss_dims)
+    inputs = prepare_batches(model, backbone, probe[0], cfg.batch_size)
+    return probe, inputs, dim_weights(probe[2], probe[3], cfg.loss_dims)
 
 
 def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSet, cfg: TVEConfig,
