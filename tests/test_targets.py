@@ -119,6 +119,22 @@ def test_whitened_loss_is_the_mse_of_errors_in_per_dimension_units():
         dim_weights(tk, tr, "pca")
 
 
+@pytest.mark.parametrize("field, value, match", [("loss_dims", "pca", "unknown TVE loss_dims 'pca'"),
+                                                 ("target_dtype", "int8", "unknown TVE target_dtype 'int8'"),
+                                                 ("sampler", "random", "unknown TVE sampler 'random'"),
+                                                 ("centred_weight", 4.0, "needs every window")])
+def test_a_bad_pretraining_choice_fails_before_any_target_is_computed(tmp_path, field, value, match):
+    bb = tiny_backbone("vit")
+    train, val = _sets()
+    cfg = dataclasses.replace(TINY, **{field: value})
+    if field == "centred_weight":
+        cfg = dataclasses.replace(cfg, sampler="online", windows_per_image=2)
+    m = tve_mod.build_explainer(bb, cfg)
+    with pytest.raises(ValueError, match=match):
+        tve_mod.pretrain(m, bb, train, val, cfg, tmp_path / "x.pt", 0, progress=False)
+    assert not list(tmp_path.iterdir())  # no store, no checkpoint
+
+
 @pytest.mark.parametrize("arch", ["two", "tapped"])
 def test_dense_and_online_training_reach_the_same_weights(tmp_path, arch):
     bb = tiny_backbone("vit").double()

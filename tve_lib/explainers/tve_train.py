@@ -31,7 +31,7 @@ from ..io import checkpoint, resume, save_torch
 from ..loader import load_batches
 from ..masking import MASKED_BATCH, default_radius
 from .tve_model import explainer_forward
-from .tve_targets import all_window_embeddings, token_store, upstream_order, window_store, window_targets
+from .tve_targets import DTYPES, all_window_embeddings, token_store, upstream_order, window_store, window_targets
 
 SAMPLERS = ("dense", "online")
 
@@ -275,6 +275,19 @@ def _heldout_probe(model: nn.Module, backbone: Backbone, val: ImageSet, cfg: TVE
     return probe, inputs, dim_weights(probe[2], probe[3], cfg.loss_dims)
 
 
+def check_pretrain_config(cfg: TVEConfig, backbone: Backbone) -> None:
+    """The choices of ``cfg`` that pre-training reads, checked before any target is computed (a store can take
+    minutes): sampler, loss dimensions, the store's dtype, and a within-image weight only where every window is
+    seen."""
+    for field, known in (("sampler", SAMPLERS), ("loss_dims", LOSS_DIMS), ("target_dtype", tuple(DTYPES))):
+        if getattr(cfg, field) not in known:
+            raise ValueError(f"unknown TVE {field} {getattr(cfg, field)!r}; expected one of: {', '.join(known)}")
+    if cfg.centred_weight != 1.0 and cfg.sampler == "online" and cfg.windows_per_image < backbone.n_players:
+        raise ValueError(f"centred_weight={cfg.centred_weight:g} needs every window of an image: the dense sampler, "
+                         f"or windows_per_image >= {backbone.n_players} (G²) with the online one; got "
+                         f"windows_per_image={cfg.windows_per_image}")
+
+
 def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSet, cfg: TVEConfig,
              ckpt: Path, seed: int, radius: int | None = None, progress: bool = True,
              on_step: Callable[[int, float, float], None] | None = None,
@@ -289,8 +302,7 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
     (also when an earlier run had built them), so budgets compare on total compute; ``init_seconds``, the
     training time already spent on the weights ``model`` starts from (a continued budget), is counted in it.
     """
-    if cfg.sampler not in SAMPLERS:
-        raise ValueError(f"unknown TVE sampler {cfg.sampler!r}; expected one of: {', '.join(SAMPLERS)}")
+    check_pretrain_config(cfg, backbone)
     rank, world = _dist()
     device = backbone.mean.device
     radius = radius if radius is not None else (cfg.radius or default_radius(backbone.grid))
