@@ -122,14 +122,20 @@ def test_whitened_loss_is_the_mse_of_errors_in_per_dimension_units():
 @pytest.mark.parametrize("field, value, match", [("loss_dims", "pca", "unknown TVE loss_dims 'pca'"),
                                                  ("target_dtype", "int8", "unknown TVE target_dtype 'int8'"),
                                                  ("sampler", "random", "unknown TVE sampler 'random'"),
-                                                 ("centred_weight", 4.0, "needs every window")])
+                                                 ("centred_weight", 4.0, "needs every window"),
+                                                 ("radius", 8, "radius must be None .* or 1 to 7"),
+                                                 ("num_heads", 3, "multiple of num_heads"),
+                                                 ("epochs", 0, "epochs must be >= 1")])
 def test_a_bad_pretraining_choice_fails_before_any_target_is_computed(tmp_path, field, value, match):
     bb = tiny_backbone("vit")
     train, val = _sets()
     cfg = dataclasses.replace(TINY, **{field: value})
     if field == "centred_weight":
         cfg = dataclasses.replace(cfg, sampler="online", windows_per_image=2)
-    m = tve_mod.build_explainer(bb, cfg)
+    if field in ("radius", "num_heads"):  # the explainer's shape: checked when it is built, too
+        with pytest.raises(ValueError, match=match):
+            tve_mod.build_explainer(bb, cfg)
+    m = tve_mod.build_explainer(bb, dataclasses.replace(cfg, radius=None, num_heads=TINY.num_heads))
     with pytest.raises(ValueError, match=match):
         tve_mod.pretrain(m, bb, train, val, cfg, tmp_path / "x.pt", 0, progress=False)
     assert not list(tmp_path.iterdir())  # no store, no checkpoint

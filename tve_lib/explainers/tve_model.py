@@ -188,10 +188,25 @@ def tapped_inputs(backbone, x: torch.Tensor, cfg: TVEConfig) -> tuple[torch.Tens
     return tokens, base
 
 
-def build_explainer(backbone, cfg: TVEConfig) -> nn.Module:
-    """A TVE model of shape ``cfg.arch`` for ``backbone`` (trunks initialised from it when asked)."""
+def check_config(backbone, cfg: TVEConfig) -> None:
+    """The explainer's shape and window radius in ``cfg``, for ``backbone``: a clear error before anything is
+    built, computed or trained."""
     if cfg.arch not in ARCHS:
         raise ValueError(f"unknown TVE arch {cfg.arch!r}; expected one of: {', '.join(ARCHS)}")
+    for field in ("depth", "embed_dim", "num_heads", "mix_hidden", "tap_layers"):
+        if getattr(cfg, field) < 1:
+            raise ValueError(f"TVE {field} must be >= 1, got {getattr(cfg, field)}")
+    if cfg.embed_dim % cfg.num_heads:
+        raise ValueError(f"TVE embed_dim ({cfg.embed_dim}) must be a multiple of num_heads ({cfg.num_heads})")
+    g = backbone.grid
+    if cfg.radius is not None and not 1 <= cfg.radius < g:
+        raise ValueError(f"TVE radius must be None (the default, round(2 G / 14)) or 1 to {g - 1} on {backbone.name}'s "
+                         f"{g}x{g} player grid, got {cfg.radius}")
+
+
+def build_explainer(backbone, cfg: TVEConfig) -> nn.Module:
+    """A TVE model of shape ``cfg.arch`` for ``backbone`` (trunks initialised from it when asked)."""
+    check_config(backbone, cfg)
     if cfg.arch in TAPPED_ARCHS:
         with torch.no_grad():
             blank = torch.zeros(1, 3, backbone.img_size, backbone.img_size, device=backbone.mean.device,

@@ -30,7 +30,7 @@ from ..imagesets import ImageSet, iter_batches
 from ..io import checkpoint, resume, save_torch
 from ..loader import load_batches
 from ..masking import MASKED_BATCH, default_radius
-from .tve_model import explainer_forward
+from .tve_model import check_config, explainer_forward
 from .tve_targets import DTYPES, all_window_embeddings, token_store, upstream_order, window_store, window_targets
 
 SAMPLERS = ("dense", "online")
@@ -276,12 +276,19 @@ def _heldout_probe(model: nn.Module, backbone: Backbone, val: ImageSet, cfg: TVE
 
 
 def check_pretrain_config(cfg: TVEConfig, backbone: Backbone) -> None:
-    """The choices of ``cfg`` that pre-training reads, checked before any target is computed (a store can take
-    minutes): sampler, loss dimensions, the store's dtype, and a within-image weight only where every window is
-    seen."""
+    """The choices and sizes of ``cfg`` that pre-training reads, checked before any target is computed (a store can
+    take minutes): sampler, loss dimensions, the store's dtype, counts, weights, and a within-image weight only where
+    every window is seen."""
+    check_config(backbone, cfg)
     for field, known in (("sampler", SAMPLERS), ("loss_dims", LOSS_DIMS), ("target_dtype", tuple(DTYPES))):
         if getattr(cfg, field) not in known:
             raise ValueError(f"unknown TVE {field} {getattr(cfg, field)!r}; expected one of: {', '.join(known)}")
+    for field in ("n_images", "epochs", "batch_size", "n_heldout", "target_batch_size", "windows_per_image"):
+        if getattr(cfg, field) < 1:
+            raise ValueError(f"TVE {field} must be >= 1, got {getattr(cfg, field)}")
+    if not 0 <= cfg.warmup_frac < 1 or cfg.keep_weight < 0 or cfg.centred_weight < 0:
+        raise ValueError(f"TVE warmup_frac must be in [0, 1), keep_weight and centred_weight >= 0; got "
+                         f"{cfg.warmup_frac}, {cfg.keep_weight}, {cfg.centred_weight}")
     if cfg.centred_weight != 1.0 and cfg.sampler == "online" and cfg.windows_per_image < backbone.n_players:
         raise ValueError(f"centred_weight={cfg.centred_weight:g} needs every window of an image: the dense sampler, "
                          f"or windows_per_image >= {backbone.n_players} (G²) with the online one; got "
