@@ -188,14 +188,19 @@ def tapped_inputs(backbone, x: torch.Tensor, cfg: TVEConfig) -> tuple[torch.Tens
     return tokens, base
 
 
+def check_counts(cfg: TVEConfig, fields: tuple[str, ...]) -> None:
+    """Each of ``cfg``'s ``fields`` is a count (>= 1), or a clear error naming it."""
+    for field in fields:
+        if getattr(cfg, field) < 1:
+            raise ValueError(f"TVE {field} must be >= 1, got {getattr(cfg, field)}")
+
+
 def check_config(backbone, cfg: TVEConfig) -> None:
     """The explainer's shape and window radius in ``cfg``, for ``backbone``: a clear error before anything is
     built, computed or trained."""
     if cfg.arch not in ARCHS:
         raise ValueError(f"unknown TVE arch {cfg.arch!r}; expected one of: {', '.join(ARCHS)}")
-    for field in ("depth", "embed_dim", "num_heads", "mix_hidden", "tap_layers"):
-        if getattr(cfg, field) < 1:
-            raise ValueError(f"TVE {field} must be >= 1, got {getattr(cfg, field)}")
+    check_counts(cfg, ("depth", "embed_dim", "num_heads", "mix_hidden", "tap_layers"))
     if cfg.embed_dim % cfg.num_heads:
         raise ValueError(f"TVE embed_dim ({cfg.embed_dim}) must be a multiple of num_heads ({cfg.num_heads})")
     g = backbone.grid

@@ -30,7 +30,7 @@ from ..imagesets import ImageSet, iter_batches
 from ..io import checkpoint, resume, save_torch
 from ..loader import load_batches
 from ..masking import MASKED_BATCH, default_radius
-from .tve_model import check_config, explainer_forward
+from .tve_model import check_config, check_counts, explainer_forward
 from .tve_targets import DTYPES, all_window_embeddings, token_store, upstream_order, window_store, window_targets
 
 SAMPLERS = ("dense", "online")
@@ -283,9 +283,7 @@ def check_pretrain_config(cfg: TVEConfig, backbone: Backbone) -> None:
     for field, known in (("sampler", SAMPLERS), ("loss_dims", LOSS_DIMS), ("target_dtype", tuple(DTYPES))):
         if getattr(cfg, field) not in known:
             raise ValueError(f"unknown TVE {field} {getattr(cfg, field)!r}; expected one of: {', '.join(known)}")
-    for field in ("n_images", "epochs", "batch_size", "n_heldout", "target_batch_size", "windows_per_image"):
-        if getattr(cfg, field) < 1:
-            raise ValueError(f"TVE {field} must be >= 1, got {getattr(cfg, field)}")
+    check_counts(cfg, ("n_images", "epochs", "batch_size", "n_heldout", "target_batch_size", "windows_per_image"))
     if not 0 <= cfg.warmup_frac < 1 or cfg.keep_weight < 0 or cfg.centred_weight < 0:
         raise ValueError(f"TVE warmup_frac must be in [0, 1), keep_weight and centred_weight >= 0; got "
                          f"{cfg.warmup_frac}, {cfg.keep_weight}, {cfg.centred_weight}")
