@@ -123,7 +123,7 @@ def test_whitened_loss_is_the_mse_of_errors_in_per_dimension_units():
                                                  ("target_dtype", "int8", "unknown TVE target_dtype 'int8'"),
                                                  ("sampler", "random", "unknown TVE sampler 'random'"),
                                                  ("centred_weight", 4.0, "needs every window"),
-                                                 ("radius", 8, "radius must be None .* or 1 to 7"),
+                                                 ("radius", 8, "radius must be None .* from 1 to 7"),
                                                  ("num_heads", 3, "multiple of num_heads"),
                                                  ("epochs", 0, "epochs must be >= 1")])
 def test_a_bad_pretraining_choice_fails_before_any_target_is_computed(tmp_path, field, value, match):
@@ -139,6 +139,27 @@ def test_a_bad_pretraining_choice_fails_before_any_target_is_computed(tmp_path, 
     with pytest.raises(ValueError, match=match):
         tve_mod.pretrain(m, bb, train, val, cfg, tmp_path / "x.pt", 0, progress=False)
     assert not list(tmp_path.iterdir())  # no store, no checkpoint
+
+
+def test_a_window_radius_is_checked_wherever_one_is_given(tmp_path):
+    """One rule for every window radius (`masking.window_radius`): None is the grid's default, else 1 to G-1;
+    pretraining's own radius argument and window occlusion's are held to it before any work."""
+    from tve_lib.explainers.simple import Occlusion
+    from tve_lib.masking import default_radius, window_radius
+
+    assert window_radius(None, 14) == default_radius(14) == 2 and window_radius(None, 4) == 1
+    assert window_radius(3, 8) == 3 and window_radius(7, 8) == 7
+    for bad in (0, -1, 8, 2.0, True, "2"):
+        with pytest.raises(ValueError, match="from 1 to 7 on a 8x8 player grid"):
+            window_radius(bad, 8)
+    bb = tiny_backbone("vit")
+    train, val = _sets()
+    m = tve_mod.build_explainer(bb, TINY)
+    with pytest.raises(ValueError, match=f"from 1 to {bb.grid - 1}"):
+        tve_mod.pretrain(m, bb, train, val, TINY, tmp_path / "x.pt", 0, radius=bb.grid, progress=False)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="window radius"):
+        Occlusion(bb, radius=0)
 
 
 @pytest.mark.parametrize("arch", ["two", "tapped"])

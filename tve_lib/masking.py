@@ -57,6 +57,17 @@ def default_radius(grid: int) -> int:
     return max(1, round(2 * grid / 14))
 
 
+def window_radius(radius: int | None, grid: int) -> int:
+    """The window radius to use on a ``grid x grid`` player grid: ``radius``, or `default_radius` where it is None;
+    a clear error for one a window cannot have there (1 to G-1, the ablation's own rule)."""
+    if radius is None:
+        return default_radius(grid)
+    if isinstance(radius, bool) or not isinstance(radius, int) or not 1 <= radius < grid:
+        raise ValueError(f"window radius must be None (the default, round(2 G / 14)) or an integer from 1 to "
+                         f"{grid - 1} on a {grid}x{grid} player grid, got {radius!r}")
+    return radius
+
+
 def windows(grid: int, radius: int, device: torch.device | str | None = None) -> torch.Tensor:
     """``[G*G, G*G]`` bool: row i is the Chebyshev window of ``radius`` around player i."""
     r = torch.arange(grid, device=device)

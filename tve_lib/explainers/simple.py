@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..backbones import Backbone
-from ..masking import MASKED_BATCH, default_radius
+from ..masking import MASKED_BATCH, window_radius
 from ..seeds import image_seeds
 from .base import Explainer
 from .registry import register_explainer
@@ -55,7 +55,7 @@ class Occlusion(Explainer):
     def __init__(self, backbone: Backbone, radius: int | None = None, batch_size: int = MASKED_BATCH,
                  reuse: bool = False):
         super().__init__(backbone)
-        self.radius = radius if radius is not None else default_radius(backbone.grid)
+        self.radius = window_radius(radius, backbone.grid)
         self.batch_size = batch_size
         self.reuse = reuse
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..config import TVEConfig
 from ..io import load_torch
+from ..masking import window_radius
 
 ARCHS = ("two", "shared", "tapped", "tapped_global")
 TAPPED_ARCHS = ("tapped", "tapped_global")  # the shapes that read the backbone's tokens (`TappedModel`)
@@ -203,10 +204,10 @@ def check_config(backbone, cfg: TVEConfig) -> None:
     check_counts(cfg, ("depth", "embed_dim", "num_heads", "mix_hidden", "tap_layers"))
     if cfg.embed_dim % cfg.num_heads:
         raise ValueError(f"TVE embed_dim ({cfg.embed_dim}) must be a multiple of num_heads ({cfg.num_heads})")
-    g = backbone.grid
-    if cfg.radius is not None and not 1 <= cfg.radius < g:
-        raise ValueError(f"TVE radius must be None (the default, round(2 G / 14)) or 1 to {g - 1} on {backbone.name}'s "
-                         f"{g}x{g} player grid, got {cfg.radius}")
+    try:
+        window_radius(cfg.radius, backbone.grid)
+    except ValueError as e:
+        raise ValueError(f"TVE radius on {backbone.name}: {e}") from None
 
 
 def build_explainer(backbone, cfg: TVEConfig) -> nn.Module:

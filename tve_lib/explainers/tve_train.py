@@ -29,7 +29,7 @@ from ..config import TVEConfig
 from ..imagesets import ImageSet, iter_batches
 from ..io import checkpoint, resume, save_torch
 from ..loader import load_batches
-from ..masking import MASKED_BATCH, default_radius
+from ..masking import MASKED_BATCH, window_radius
 from .tve_model import check_config, check_counts, explainer_forward
 from .tve_targets import DTYPES, all_window_embeddings, token_store, upstream_order, window_store, window_targets
 
@@ -310,7 +310,7 @@ def pretrain(model: nn.Module, backbone: Backbone, train: ImageSet, val: ImageSe
     check_pretrain_config(cfg, backbone)
     rank, world = _dist()
     device = backbone.mean.device
-    radius = radius if radius is not None else (cfg.radius or default_radius(backbone.grid))
+    radius = window_radius(radius if radius is not None else cfg.radius, backbone.grid)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -368,7 +368,7 @@ def step_seconds(model: nn.Module, backbone: Backbone, train: ImageSet, cfg: TVE
     """Seconds of each of ``steps`` pre-training steps (after one warm-up step) of ``model`` on the first
     images of ``train``, through the one training loop: what a step costs, and so how many images per
     second it consumes (``cfg.batch_size`` / seconds). Trains ``model``: give it a throwaway copy."""
-    radius = cfg.radius or default_radius(backbone.grid)
+    radius = window_radius(cfg.radius, backbone.grid)
     n = cfg.batch_size
     ids = torch.arange(min(n, len(train)))
     source = OnlineSource(model, backbone, train, ids, radius, cfg.windows_per_image, cfg.target_batch_size)

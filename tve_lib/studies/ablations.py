@@ -29,7 +29,7 @@ from ..cache import digest
 from ..config import Profile, TVEConfig
 from ..explainers.tve_model import ARCHS, TAPPED_ARCHS
 from ..heads import HEAD_KINDS, check_head, head_logits
-from ..masking import default_radius
+from ..masking import window_radius
 from ..schema import SUMMARY_COLUMNS
 from .fidelity import cached_shapley_references, concat, evaluate_maps, evaluation_indices
 
@@ -62,7 +62,7 @@ def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
     study (`tve_lib.studies.scaling`, same notebook) measures them as a curve.
     """
     ref = reference_config(profile)
-    r0 = ref.radius or default_radius(grid)
+    r0 = window_radius(ref.radius, grid)
     d0 = ref.depth
     # the reference radius is the reference itself (not radius=r0 spelt out), so it is trained once
     v = [Variant("radius", f"r={r} (ref)", ref) if r == r0 else
@@ -98,7 +98,7 @@ def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
 
 
 def _radius(cfg: TVEConfig, grid: int) -> int:
-    return cfg.radius or default_radius(grid)
+    return window_radius(cfg.radius, grid)
 
 
 def ablation_explainer(suite: Suite, backbone: str, variant: Variant) -> TVE:

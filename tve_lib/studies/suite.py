@@ -28,6 +28,7 @@ from ..explainers.base import Explainer
 from ..explainers.tve_model import TAPPED_ARCHS
 from ..heads import HEAD_KINDS, head_accuracy, train_head
 from ..io import load_torch, provenance, write_csv, write_json
+from ..masking import window_radius
 from ..precision import amp_dtype_for, dtype_name
 from ..preprocess import Preprocess, backbone_preprocess
 
@@ -239,9 +240,7 @@ class Suite:
 
     # ------------------------------------------------------------------ TVE
     def tve_radius(self, backbone: str) -> int:
-        from ..masking import default_radius
-
-        return self.profile.tve.radius or default_radius(self.backbone(backbone).grid)
+        return window_radius(self.profile.tve.radius, self.backbone(backbone).grid)
 
     def tve_checkpoint(self, backbone: str, cfg=None, trained_on: str = "", continues=None) -> Path:
         """Where the explainer of ``backbone`` and ``cfg`` is cached; ``trained_on`` names another pre-training set
@@ -270,7 +269,7 @@ class Suite:
             cfg = dataclasses.replace(cfg, n_images=int(train_subset * min(cfg.n_images,
                                                                             len(self.upstream[0]))))
         return self.pretrained_tve(backbone, cfg, self.tve_checkpoint(backbone, cfg),
-                                   cfg.radius or self.tve_radius(backbone), transfer)
+                                   window_radius(cfg.radius, self.backbone(backbone).grid), transfer)
 
     def continued_explainer(self, backbone: str, cfg, base=None) -> TVE:
         """The explainer of ``base`` (default: the profile's) trained further with ``cfg``: its images and epochs,

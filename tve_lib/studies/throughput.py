@@ -32,7 +32,7 @@ from ..explainers.base import Explainer
 from ..explainers.tve import TVE, build_explainer
 from ..heads import last_linear, make_head
 from ..io import upsert_csv, write_csv
-from ..masking import default_radius
+from ..masking import window_radius
 from ..schema import NO_ARCH, THROUGHPUT_KEYS, method_label, throughput_frame
 
 PRIORITY = ("tve", "kernelshap")  # benchmarked first (the targets' methods), the rest in registry order
@@ -149,7 +149,7 @@ def tile_images(images: torch.Tensor, n: int) -> torch.Tensor:
 def tve_specs(backbone: Backbone, cfg: TVEConfig, archs: Sequence[str]) -> list[MethodSpec]:
     """One untrained TVE explainer per shape in ``archs``, sized by ``cfg``; ``cfg.arch`` (the profile's
     default) is timed first, and timed even when ``archs`` does not list it."""
-    radius = cfg.radius or default_radius(backbone.grid)
+    radius = window_radius(cfg.radius, backbone.grid)
     specs = []
     for arch in [cfg.arch] + [a for a in archs if a != cfg.arch]:  # rows past the time budget are estimated
         c = dataclasses.replace(cfg, arch=arch, init_from_backbone=False)
@@ -217,7 +217,7 @@ def _sized_kwargs(cls: type[Explainer], backbone: Backbone, profile: Profile, se
     window's radius, the random map's seed); a method without the parameter keeps its own default."""
     ev = profile.eval
     sized = dict(seed=seed, n_steps=ev.ig_steps, internal_batch_size=ev.batch_size,
-                 radius=profile.tve.radius or default_radius(backbone.grid))
+                 radius=window_radius(profile.tve.radius, backbone.grid))
     params = _params(cls)
     return {k: v for k, v in sized.items() if k in params}
 
