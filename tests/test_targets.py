@@ -209,6 +209,10 @@ def test_composite_augmentation_is_seeded_and_partial():
     assert augmented_upstream(train, "none", 0.5, 0) is train
     with pytest.raises(ValueError, match="unknown upstream augmentation"):
         augmented_upstream(train, "mixup", 0.5, 0)
+    assert augmented_upstream(train, "composite", 0.0, 0) is train
+    for bad in (-0.5, 1.5):  # a negative share once meant "none" without a word
+        with pytest.raises(ValueError, match=r"augment_frac must be in \[0, 1\]"):
+            augmented_upstream(train, "composite", bad, 0)
 
 
 def test_lowres_augmentation_smooths_a_third_and_keeps_the_rest():

@@ -179,10 +179,10 @@ def check_augment(kind: str) -> str:
 def augmented_upstream(train: ImageSet, kind: str, frac: float, seed: int) -> ImageSet:
     """``train`` with ``frac`` of its images replaced as ``kind`` says (``"none"``: itself)."""
     check_augment(kind)
-    if kind == "none" or frac <= 0:
+    if not 0 <= frac <= 1:  # 0: no image replaced, as "none"; a negative share is a mistake, not "none"
+        raise ValueError(f"augment_frac must be in [0, 1] (the share of upstream images replaced), got {frac}")
+    if kind == "none" or frac == 0:
         return train
-    if not 0 < frac <= 1:
-        raise ValueError(f"augment_frac must be in (0, 1], got {frac}")
     x, y, _ = train.get(torch.arange(len(train)))
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise TypeError("upstream augmentation needs an in-memory image set")
