@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,20 @@ def test_overrides_are_dotted_and_change_the_digest():
     b = get_profile("smoke", {"tve.epochs": 7, "eval.sparsities": [0.0, 0.5]})
     assert b.tve.epochs == 7 and b.eval.sparsities == (0.0, 0.5)
     assert a.digest("tve") != b.digest("tve") and a.digest("backbones") == b.digest("backbones")
+
+
+@pytest.mark.parametrize("key, value, expected", [("tve.epochs", "2", "int"), ("tve.epochs", 2.5, "int"),
+                                                  ("tve.residual", 1, "bool"), ("tve.radius", "3", "int | None"),
+                                                  ("tve.lr", "1e-3", "float"), ("eval.sparsities", 0.5, "tuple"),
+                                                  ("scaling.dense", [[10, 2, 3]], "tuple"), ("tve", 3, "TVEConfig")])
+def test_an_override_of_the_wrong_type_fails_when_the_profile_is_made(key, value, expected):
+    """A value the field cannot hold (a string for epochs, a flag given as 1, a pair given as three) is refused
+    at once, naming the field and its type, not deep in a notebook; lists become tuples, integers floats."""
+    with pytest.raises(TypeError, match=f"profile field '{key}' takes {re.escape(expected)}.*, got "):
+        get_profile("smoke", {key: value})
+    ok = get_profile("smoke", {"tve.lr": 1, "tve.radius": None, "scaling.dense": [[10, 2]], "compile": "eager"})
+    assert ok.tve.lr == 1.0 and isinstance(ok.tve.lr, float) and ok.scaling.dense == ((10, 2),)
+    assert ok.digest("tve") == get_profile("smoke", {"tve.lr": 1.0}).digest("tve")
 
 
 # ----------------------------------------------------------------------------- backbones

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from typing import Any
 
 from .settings import (  # noqa: F401  (re-exported: the profiles' parts are imported from here)
@@ -174,14 +176,54 @@ PROFILES["paper-dry-tiny"] = dry_run_profile(PROFILES["paper"], "paper-dry-tiny"
                                              players=64)
 
 
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """``(conforms, value)``: whether ``value`` fits the field type ``hint``, and the value as the field holds it
+    (lists, as JSON and YAML give them, become tuples; an integer for a float field becomes a float, so a profile
+    overridden with ``3`` or ``3.0`` caches under one key)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False, value
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            return False, value
+        pairs = [_coerce(v, a) for v, a in zip(value, items)]
+        return all(ok for ok, _ in pairs), tuple(v for _, v in pairs)
+    if isinstance(value, bool) and hint in (int, float):
+        return False, value
+    if hint is float and isinstance(value, int):
+        return True, float(value)
+    if isinstance(origin or hint, type):
+        return isinstance(value, origin or hint), value
+    return True, value
+
+
 def _set_dotted(obj: Any, key: str, value: Any, full: str = "") -> Any:
     head, _, rest = key.partition(".")
     if not dataclasses.is_dataclass(obj) or head not in {f.name for f in dataclasses.fields(obj)}:
         raise KeyError(f"unknown profile field {(full or key)!r}")
     if rest:
         value = _set_dotted(getattr(obj, head), rest, value, full or key)
-    elif isinstance(getattr(obj, head), tuple) and isinstance(value, list):
-        value = tuple(value)
+    else:
+        hint = typing.get_type_hints(type(obj))[head]
+        ok, held = _coerce(value, hint)
+        if not ok:
+            raise TypeError(f"profile field {(full or key)!r} takes {_type_name(hint)}, got {value!r}")
+        value = held
     return dataclasses.replace(obj, **{head: value})
 
 
