@@ -53,6 +53,8 @@ def test_an_override_of_the_wrong_type_fails_when_the_profile_is_made(key, value
     ok = get_profile("smoke", {"tve.lr": 1, "tve.radius": None, "scaling.dense": [[10, 2]], "compile": "eager"})
     assert ok.tve.lr == 1.0 and isinstance(ok.tve.lr, float) and ok.scaling.dense == ((10, 2),)
     assert ok.digest("tve") == get_profile("smoke", {"tve.lr": 1.0}).digest("tve")
+    sweep = get_profile("smoke", {"tve.epochs": np.int64(3), "tve.residual": np.bool_(False)})  # from a table
+    assert type(sweep.tve.epochs) is int and sweep.tve.residual is False
 
 
 # ----------------------------------------------------------------------------- backbones

@@ -2,16 +2,19 @@
 
 One code path serves all three; a profile only sets sizes and data/weight sources. Every
 notebook reads its sizes from here, so no size literal lives in a notebook. Override any field
-with dotted keys: ``get_profile("cpu", {"tve.epochs": 2})``.
+with dotted keys, each checked against its field's type: ``get_profile("cpu", {"tve.epochs": 2})``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import types
 import typing
 from typing import Any
+
+import numpy as np
 
 from .settings import (  # noqa: F401  (re-exported: the profiles' parts are imported from here)
     PRECISIONS,
@@ -203,10 +206,13 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
             return False, value
         pairs = [_coerce(v, a) for v, a in zip(value, items)]
         return all(ok for ok, _ in pairs), tuple(v for _, v in pairs)
-    if isinstance(value, bool) and hint in (int, float):
-        return False, value
-    if hint is float and isinstance(value, int):
-        return True, float(value)
+    if hint is bool:
+        ok = isinstance(value, (bool, np.bool_))
+        return ok, bool(value) if ok else value
+    if hint in (int, float):  # numpy's numbers too (a sweep read from a table), held as Python's
+        kind = numbers.Integral if hint is int else numbers.Real
+        ok = isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+        return ok, hint(value) if ok else value
     if isinstance(origin or hint, type):
         return isinstance(value, origin or hint), value
     return True, value
