@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_backbone
@@ -149,6 +150,7 @@ def test_a_window_radius_is_checked_wherever_one_is_given(tmp_path):
 
     assert window_radius(None, 14) == default_radius(14) == 2 and window_radius(None, 4) == 1
     assert window_radius(3, 8) == 3 and window_radius(7, 8) == 7
+    assert type(window_radius(np.int64(3), 8)) is int  # a radius read from a table
     for bad in (0, -1, 8, 2.0, True, "2"):
         with pytest.raises(ValueError, match="from 1 to 7 on a 8x8 player grid"):
             window_radius(bad, 8)

@@ -8,6 +8,8 @@ under another removal operator (`tve_lib.operators`), to a per-image fill. Soft 
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 #: masked copies per backbone call where no profile sets it: the size every masked pass defaults to (sampling
@@ -62,10 +64,10 @@ def window_radius(radius: int | None, grid: int) -> int:
     a clear error for one a window cannot have there (1 to G-1, the ablation's own rule)."""
     if radius is None:
         return default_radius(grid)
-    if isinstance(radius, bool) or not isinstance(radius, int) or not 1 <= radius < grid:
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Integral) or not 1 <= radius < grid:
         raise ValueError(f"window radius must be None (the default, round(2 G / 14)) or an integer from 1 to "
                          f"{grid - 1} on a {grid}x{grid} player grid, got {radius!r}")
-    return radius
+    return int(radius)
 
 
 def windows(grid: int, radius: int, device: torch.device | str | None = None) -> torch.Tensor:
