@@ -97,19 +97,14 @@ def ablation_variants(profile: Profile, grid: int) -> list[Variant]:
     return v
 
 
-def _radius(cfg: TVEConfig, grid: int) -> int:
-    return window_radius(cfg.radius, grid)
-
-
 def ablation_explainer(suite: Suite, backbone: str, variant: Variant) -> TVE:
     """The pre-trained (cached) TVE explainer of a variant, with its transfer settings."""
     if variant.cfg is None:
         return suite.explainer(backbone, **variant.transfer)
-    bb = suite.backbone(backbone)
     cfg = variant.cfg
     key = digest(cfg, variant.subset, suite.tve_checkpoint(backbone, cfg).name)
     return suite.pretrained_tve(backbone, cfg, suite.ckpt_dir / f"tve_ablation_{backbone}_{key}.pt",
-                                _radius(cfg, bb.grid), variant.transfer, progress=False)
+                                suite.tve_radius(backbone, cfg), variant.transfer, progress=False)
 
 
 def _ablation_data(suite: Suite, backbone: str, tasks: Sequence[str], kinds: Sequence[str]) -> dict[str, tuple]:

@@ -27,7 +27,6 @@ import torch
 from ..config import TVEConfig
 from ..imagesets import ImageSet, TensorImageSet
 from ..io import device_info, git_commit, load_torch, upsert_csv
-from ..masking import window_radius
 from ..schema import IN_DOMAIN_COLUMNS, IN_DOMAIN_KEYS
 from .cli import open_suite, study_parser
 from .scaling import ScalingProbe
@@ -104,8 +103,7 @@ def run_in_domain(suite: Suite, backbone: str, task: str, n_test_images: int | N
     frames = [_rows(probe, suite.explainer(backbone), UPSTREAM, dataclasses.replace(
         base, n_images=min(base.n_images, len(suite.upstream[0]))), suite.tve_history(backbone))]
     ckpt = suite.tve_checkpoint(backbone, cfg, trained_on=trained_on)
-    radius = window_radius(cfg.radius, suite.backbone(backbone).grid)
-    expl = suite.pretrained_tve(backbone, cfg, ckpt, radius, {}, train_set=train)
+    expl = suite.pretrained_tve(backbone, cfg, ckpt, suite.tve_radius(backbone, cfg), {}, train_set=train)
     frames.append(_rows(probe, expl, trained_on, cfg, load_torch(ckpt)["history"]))
     info = device_info(suite.device)
     df = pd.concat(frames).assign(threads=info["threads"], cpu=info["cpu"], git_commit=git_commit(),

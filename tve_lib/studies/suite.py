@@ -239,8 +239,9 @@ class Suite:
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------------ TVE
-    def tve_radius(self, backbone: str) -> int:
-        return window_radius(self.profile.tve.radius, self.backbone(backbone).grid)
+    def tve_radius(self, backbone: str, cfg=None) -> int:
+        """The window radius of ``cfg`` (default: the profile's TVEConfig) on ``backbone``'s player grid."""
+        return window_radius((cfg or self.profile.tve).radius, self.backbone(backbone).grid)
 
     def tve_checkpoint(self, backbone: str, cfg=None, trained_on: str = "", continues=None) -> Path:
         """Where the explainer of ``backbone`` and ``cfg`` is cached; ``trained_on`` names another pre-training set
@@ -269,7 +270,7 @@ class Suite:
             cfg = dataclasses.replace(cfg, n_images=int(train_subset * min(cfg.n_images,
                                                                             len(self.upstream[0]))))
         return self.pretrained_tve(backbone, cfg, self.tve_checkpoint(backbone, cfg),
-                                   window_radius(cfg.radius, self.backbone(backbone).grid), transfer)
+                                   self.tve_radius(backbone, cfg), transfer)
 
     def continued_explainer(self, backbone: str, cfg, base=None) -> TVE:
         """The explainer of ``base`` (default: the profile's) trained further with ``cfg``: its images and epochs,
