@@ -57,6 +57,25 @@ def test_an_override_of_the_wrong_type_fails_when_the_profile_is_made(key, value
     assert type(sweep.tve.epochs) is int and sweep.tve.residual is False
 
 
+def test_a_field_parsed_from_text_is_typed_by_its_annotation():
+    """Command-line text (``--tve FIELD=VALUE``) is read as the field's annotation says, as an override is
+    checked: the literal where it fits, the text itself for a str field, an error naming the type otherwise."""
+    from tve_lib.config import EvalConfig, TVEConfig, parse_field
+
+    assert parse_field(TVEConfig, "radius", "None") is None and parse_field(TVEConfig, "radius", "3") == 3
+    assert parse_field(TVEConfig, "augment", "none") == "none" and parse_field(TVEConfig, "arch", "1") == "1"
+    assert parse_field(TVEConfig, "residual", "FALSE") is False
+    assert parse_field(EvalConfig, "sparsities", "0,0.5") == (0.0, 0.5)
+    assert parse_field(EvalConfig, "shapley_groups", "3,4") == (3, 4)
+    for field, text, expected in (("residual", "no", "bool"), ("epochs", "2.0", "int"), ("lr", "fast", "float")):
+        with pytest.raises(ValueError, match=f"TVEConfig field '{field}' takes {expected}, got '{text}'"):
+            parse_field(TVEConfig, field, text)
+    with pytest.raises(ValueError, match="takes tuple"):
+        parse_field(EvalConfig, "shapley_groups", "3,4,5")
+    with pytest.raises(ValueError, match="unknown TVEConfig field 'width'"):
+        parse_field(TVEConfig, "width", "3")
+
+
 # ----------------------------------------------------------------------------- backbones
 @pytest.mark.parametrize("name,prefix", [("vit", 1), ("deit", 2), ("swin", 0)])
 def test_tiny_backbone_shapes_and_grid(name, prefix):

@@ -124,8 +124,13 @@ def test_extended_finding_keeps_upstream_augmentations_apart(capsys):
 def test_explainer_overrides_parse_strictly_and_keep_their_rows_apart(tmp_path, capsys):
     assert parse_overrides(["embed_dim=96", "tap_pixels=false", "augment=none", "radius=2"]) == dict(
         embed_dim=96, tap_pixels=False, augment="none", radius=2)
+    # typed by the annotation, not the default: an optional field takes None, a float field an integer's text
+    assert parse_overrides(["radius=None", "lr=1", "tap_pixels=True"]) == dict(radius=None, lr=1.0, tap_pixels=True)
+    assert isinstance(parse_overrides(["lr=1"])["lr"], float)
     for bad, msg in (("embed=96", "TVEConfig field"), ("embed_dim", "FIELD=VALUE"),
-                     ("embed_dim=wide", "takes an integer")):
+                     ("embed_dim=wide", "'embed_dim' takes int, got 'wide'"),
+                     ("tap_pixels=ture", "'tap_pixels' takes bool"), ("embed_dim=1.5", "takes int"),
+                     ("radius=two", "takes int | None")):
         with pytest.raises(ValueError, match=msg):
             parse_overrides([bad])
     with pytest.raises(SystemExit):

@@ -218,6 +218,38 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     return True, value
 
 
+def _literal(text: str) -> Any:
+    """What a command-line ``text`` most likely means: None, a flag, an integer, a number, a comma list, or itself."""
+    t = text.strip()
+    if "," in t:
+        return [_literal(part) for part in t.split(",")]
+    low = t.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(t)
+        except ValueError:
+            pass
+    return t
+
+
+def parse_field(cls: type, name: str, text: str) -> Any:
+    """The value of dataclass ``cls``'s field ``name`` from command-line ``text``, typed by the field's annotation
+    as a profile override is (`get_profile`): ``"none"`` for an optional field, ``true``/``false`` for a flag,
+    ``"a,b"`` for a tuple; a clear error for an unknown field or text the field cannot hold."""
+    hints = typing.get_type_hints(cls)
+    if name not in hints:
+        raise ValueError(f"unknown {cls.__name__} field {name!r}; expected one of: {', '.join(hints)}")
+    for candidate in (_literal(text), text):  # the text itself last: a str field holds "none" or "1" too
+        ok, value = _coerce(candidate, hints[name])
+        if ok:
+            return value
+    raise ValueError(f"{cls.__name__} field {name!r} takes {_type_name(hints[name])}, got {text!r}")
+
+
 def _set_dotted(obj: Any, key: str, value: Any, full: str = "") -> Any:
     head, _, rest = key.partition(".")
     if not dataclasses.is_dataclass(obj) or head not in {f.name for f in dataclasses.fields(obj)}:

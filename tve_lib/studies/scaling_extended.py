@@ -27,7 +27,7 @@ import time
 import pandas as pd
 
 from ..augment import AUGMENTS, check_augment
-from ..config import TVEConfig
+from ..config import TVEConfig, parse_field
 from ..io import device_info, git_commit, upsert_csv
 from .cli import open_suite, study_parser
 from .scaling import ScalingProbe, budget_config, explain_ratio, scaling_row
@@ -52,22 +52,17 @@ def parse_budget(text: str, parts: int) -> tuple[int, ...]:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """``["embed_dim=96", "augment=none"]`` -> TVEConfig fields, typed as the field's default; a clear error
-    for an unknown field or a value of the wrong type."""
-    fields = {f.name: f for f in dataclasses.fields(TVEConfig)}
+    """``["embed_dim=96", "augment=none"]`` -> TVEConfig fields, typed by each field's annotation
+    (`config.parse_field`); a clear error for an unknown field or a value of the wrong type."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or name not in fields:
-            raise ValueError(f"--tve {item!r}: expected FIELD=VALUE with a TVEConfig field, one of: "
-                             f"{', '.join(fields)}")
-        default = fields[name].default
-        kind = type(default) if default is not None else int
+        if not sep:
+            raise ValueError(f"--tve {item!r}: expected FIELD=VALUE with a TVEConfig field")
         try:
-            out[name] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
-        except ValueError:
-            kinds = {int: "an integer", float: "a number"}
-            raise ValueError(f"--tve {item!r}: {name} takes {kinds.get(kind, kind.__name__)}") from None
+            out[name] = parse_field(TVEConfig, name, value)
+        except ValueError as e:
+            raise ValueError(f"--tve {item!r}: {e}") from None
     return out
 
 
