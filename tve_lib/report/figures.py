@@ -21,7 +21,7 @@ import seaborn as sns
 
 from ..schema import TABLES
 from .claims import COMPETITIVE, SPEARMAN_OK, tve_check
-from .plots import accuracy_bars, loss_curves
+from .plots import accuracy_bars, loss_curves, seaborn_boxes
 from .tables import MissingData, _throughput, ltx_rows, main_summary, need
 
 
@@ -121,8 +121,9 @@ def fig_task_scaling(t: dict[str, pd.DataFrame], root: Path) -> plt.Figure:
 def fig_transfer_error(t: dict[str, pd.DataFrame], root: Path) -> plt.Figure:
     """Spearman of TVE's map with the exact quantity it amortises, per task and backbone."""
     (err,) = need(t, "transfer")
-    g = sns.catplot(data=err, x="task", y="spearman", hue="backbone", col="head",
-                    row="rule" if "rule" in err else None, kind="box", height=3, aspect=1.4, fliersize=1)
+    with seaborn_boxes():
+        g = sns.catplot(data=err, x="task", y="spearman", hue="backbone", col="head",
+                        row="rule" if "rule" in err else None, kind="box", height=3, aspect=1.4, fliersize=1)
     g.refline(y=SPEARMAN_OK, ls="--", c="gray")
     g.figure.suptitle(f"TVE transfer error (dashed: median target {SPEARMAN_OK:g})", y=1.02)
     return g.figure

@@ -18,6 +18,7 @@ import seaborn as sns
 from scipy.stats import kendalltau
 
 from ..schema import AGREEMENT_COLUMNS, DIRECTION, method_label
+from .plots import seaborn_boxes
 from .tables import MissingData
 
 SETTING = ["backbone", "task", "head"]
@@ -95,7 +96,8 @@ def operator_figure(ops: pd.DataFrame, agreement: pd.DataFrame, head: str = "lin
         arrow = "↑" if DIRECTION.get(metric, 1) > 0 else "↓"
         axes[i, 0].set(xlabel="", ylabel=f"{metric} {arrow}")
         axes[i, 0].tick_params(axis="x", rotation=30)
-        sns.boxplot(data=ag[ag.metric == metric], x="kendall_tau", y="pair", ax=axes[i, 1], color="0.8")
+        with seaborn_boxes():
+            sns.boxplot(data=ag[ag.metric == metric], x="kendall_tau", y="pair", ax=axes[i, 1], color="0.8")
         sns.stripplot(data=ag[ag.metric == metric], x="kendall_tau", y="pair", ax=axes[i, 1], size=3)
         axes[i, 1].set(xlim=(-1.05, 1.05), xlabel="Kendall τ of method rankings", ylabel="")
     handles, labels = axes[0, 0].get_legend_handles_labels()

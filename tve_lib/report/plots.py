@@ -4,6 +4,9 @@ Pictures of images and maps (tensors) are drawn by `tve_lib.gallery`."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -11,6 +14,15 @@ import pandas as pd
 import seaborn as sns
 
 sns.set_theme(context="notebook", style="whitegrid")
+
+
+@contextmanager
+def seaborn_boxes() -> Iterator[None]:
+    """Around a seaborn box plot: seaborn 0.13.2, the newest, passes Matplotlib's deprecated ``vert`` itself, a
+    warning no caller can act on (``matplotlib<3.13`` in the requirements keeps the release that removes it out)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="vert: bool was deprecated", category=DeprecationWarning)
+        yield
 
 
 def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> Path:
