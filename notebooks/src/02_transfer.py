@@ -37,7 +37,7 @@ from tve_lib import Suite
 from tve_lib.explainers.tve import window_occlusion
 from tve_lib.gallery import attribution_gallery
 from tve_lib.io import write_csv
-from tve_lib.report.figures import SPEARMAN_OK
+from tve_lib.report.figures import SPEARMAN_OK, transfer_boxes
 from tve_lib.report.findings import branch_finding, transfer_finding
 from tve_lib.report.plots import savefig
 from tve_lib.report.tables import branch_table, transfer_summary
@@ -105,10 +105,7 @@ display(summary[summary.rule == "whole_head"].pivot_table(index=["task", "head"]
                                                           values="median_spearman"))
 
 # %%
-g = sns.catplot(data=err, x="task", y="spearman", hue="backbone", col="head", row="rule", kind="box",
-                height=3, aspect=1.4, fliersize=1)
-g.refline(y=SPEARMAN_OK, ls="--", c="gray")
-savefig(g.figure, suite.path("figures", "02_transfer_error"))
+savefig(transfer_boxes(err), suite.path("figures", "02_transfer_error"))
 
 # %%
 display(Markdown(transfer_finding(summary)))

@@ -121,6 +121,12 @@ def fig_task_scaling(t: dict[str, pd.DataFrame], root: Path) -> plt.Figure:
 def fig_transfer_error(t: dict[str, pd.DataFrame], root: Path) -> plt.Figure:
     """Spearman of TVE's map with the exact quantity it amortises, per task and backbone."""
     (err,) = need(t, "transfer")
+    return transfer_boxes(err)
+
+
+def transfer_boxes(err: pd.DataFrame) -> plt.Figure:
+    """Per-image Spearman (``tve/transfer_error.csv``) per task and backbone, a panel per head (and rule), with
+    the target as a dashed line."""
     with seaborn_boxes():
         g = sns.catplot(data=err, x="task", y="spearman", hue="backbone", col="head",
                         row="rule" if "rule" in err else None, kind="box", height=3, aspect=1.4, fliersize=1)
