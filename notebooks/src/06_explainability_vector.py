@@ -63,6 +63,7 @@ from tve_lib.explainers import xvec as xvec_method
 from tve_lib.gallery import attribution_gallery
 from tve_lib.io import upsert_csv, write_csv
 from tve_lib.report import claims as claims_rules
+from tve_lib.report.figures import XVEC_SWEEP_METRICS, lambda_sweep_figure
 from tve_lib.report.plots import loss_curves, savefig
 from tve_lib.schema import SUMMARY_COLUMNS
 from tve_lib.studies import xvec, xvec_eval
@@ -102,14 +103,8 @@ display(source_sweep.pivot_table(index=["backbone", "lambda"], columns="metric",
 sweep = pd.concat([source_sweep] + [st.sweep(t) for b, st in studies.items() for t in suite.tasks_of(b)],
                   ignore_index=True)
 write_csv(sweep, suite.path("xvec", "lambda_sweep.csv"))
-show = [m for m in ("accuracy", "fid_plus_auc", "fid_minus_auc", "shapley_spearman", "mass_in_region")
-        if m in set(sweep.metric)]  # mass_in_region: only tasks with known regions
-g = sns.relplot(data=sweep[sweep.metric.isin(show)], x="lambda", y="value", hue="task", style="backbone",
-                col="metric", col_order=show, kind="line", marker="o", height=2.8, aspect=1.0,
-                facet_kws={"sharey": False})
-for lam in choice.values():
-    g.refline(x=lam, ls="--", c="gray")
-savefig(g.figure, suite.path("figures", "06_lambda_sweep"))
+savefig(lambda_sweep_figure(sweep, choice.values()), suite.path("figures", "06_lambda_sweep"))
+show = [m for m in XVEC_SWEEP_METRICS if m in set(sweep.metric)]  # mass_in_region: tasks with known regions
 display(sweep[sweep.split == "test"].pivot_table(index=["backbone", "task", "lambda"], columns="metric",
                                                  values="value")[show])
 

@@ -11,7 +11,7 @@ overview figures. The claim rules and thresholds are `tve_lib.report.claims`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,16 +168,26 @@ def fig_xvec(t: dict[str, pd.DataFrame], root: Path) -> plt.Figure:
     """Explainability vector: target-test accuracy and explanation quality against λ."""
     (sweep,) = need(t, "sweep")
     d = sweep[sweep.split == "test"] if "split" in sweep else sweep
-    metrics = [m for m in ("accuracy", "fid_plus_auc", "fid_minus_auc", "shapley_spearman", "mass_in_region")
-               if m in set(d.metric)]
-    d = d[d.metric.isin(metrics)]
-    if d.empty:
+    if not set(d.metric) & set(XVEC_SWEEP_METRICS):
         raise MissingData("xvec/lambda_sweep.csv has no target-test rows")
-    g = sns.relplot(data=d, x="lambda", y="value", hue="task", style="backbone", col="metric", col_order=metrics,
-                    col_wrap=min(3, len(metrics)), kind="line", marker="o", errorbar=None, height=2.8, aspect=1.2,
-                    facet_kws={"sharey": False})
+    fig = lambda_sweep_figure(d)
+    fig.suptitle("Explainability vector θ_target + λτ against λ (target test sets)", y=1.02)
+    return fig
+
+
+XVEC_SWEEP_METRICS = ("accuracy", "fid_plus_auc", "fid_minus_auc", "shapley_spearman", "mass_in_region")
+
+
+def lambda_sweep_figure(sweep: pd.DataFrame, chosen: Iterable[float] = ()) -> plt.Figure:
+    """``xvec/lambda_sweep.csv`` rows: each metric of `XVEC_SWEEP_METRICS` that they hold (``mass_in_region``:
+    tasks with known regions only) against λ, per task and backbone; a dashed line at each ``chosen`` λ."""
+    metrics = [m for m in XVEC_SWEEP_METRICS if m in set(sweep.metric)]
+    g = sns.relplot(data=sweep[sweep.metric.isin(metrics)], x="lambda", y="value", hue="task", style="backbone",
+                    col="metric", col_order=metrics, col_wrap=min(3, len(metrics)), kind="line", marker="o",
+                    errorbar=None, height=2.8, aspect=1.2, facet_kws={"sharey": False})
     g.set_titles("{col_name}")
-    g.figure.suptitle("Explainability vector θ_target + λτ against λ (target test sets)", y=1.02)
+    for lam in sorted(set(chosen)):
+        g.refline(x=lam, ls="--", c="gray")
     return g.figure
 
 
