@@ -260,3 +260,20 @@ def test_every_path_checks_the_head_against_the_embedding():
         with pytest.raises(ValueError, match="head expects"):
             call()
             pytest.fail(f"{name} accepted a head of the wrong input size")
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_every_baseline_refuses_an_empty_batch_raw_pixels_and_a_wrong_head(name):
+    """The protocol's inputs are checked the same way whichever method is called, the two that read neither head
+    nor target (random, rollout) included: a user who swaps methods sees the same error for the same mistake."""
+    bb = tiny_backbone("vit")
+    kw = {"budget": 20} if name in ("kernelshap", "lime") else {"n_steps": 2} if name == "ig" else {}
+    e, h = make_explainer(name, bb, **kw), heads_for(bb)[0]
+    with pytest.raises(ValueError, match=r"expected at least one image, got an empty batch \(0, 3, 32, 32\)"):
+        e.explain(images(0), h)
+    with pytest.raises(TypeError, match="expected normalised float images, got torch.uint8"):
+        e.explain(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), h)
+    with pytest.raises(ValueError, match=f"head expects {bb.embed_dim + 1}-dim inputs"):
+        e.explain(images(2), make_head("linear", bb.embed_dim + 1, 3))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        e.explain(images(2), h, 3)

@@ -109,6 +109,15 @@ def test_embed_rejects_wrong_channels_size_and_nans():
         bb.embed(x)
     with pytest.raises(ValueError, match="expected 32x32"):
         bb.normalize(torch.rand(2, 1, 28, 28))
+    # images not yet scaled to [0, 1] (a PIL array, torchvision's uint8 tensors) fail at once, saying what to do
+    raw8 = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    with pytest.raises(TypeError, match="expected normalised float images, got torch.uint8"):
+        bb.embed(raw8.expand(-1, 3, -1, -1))
+    with pytest.raises(TypeError, match="got torch.uint8 .uint8 images: divide by 255 first"):
+        bb.normalize(raw8)
+    with pytest.raises(ValueError, match="expected raw images in \\[0, 1\\], got values up to 255"):
+        bb.normalize(raw8.float().index_fill_(0, torch.tensor([0]), 255.0))
+    assert bb.normalize(torch.rand(2, 1, 32, 32) * 1.05).shape == (2, 3, 32, 32)  # a resize's overshoot is fine
 
 
 def test_head_embedding_mismatch_is_reported():

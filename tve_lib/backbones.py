@@ -35,6 +35,10 @@ from .operators import RemovalOperator
 from .precision import amp_dtype_for, check_compile_backend, to_float32, unfused_attention
 from .token_grids import block_list, derive_grid, to_player_grid, token_grid
 
+# the largest value `Backbone.normalize` takes as a raw image in [0, 1]: a bicubic or Lanczos resize overshoots 1 a
+# little; an image still in 0-255 is far above
+RAW_MAX = 2.0
+
 
 class Backbone(nn.Module):
     """A frozen timm model with its normalisation, grid and the shared removal operator.
@@ -191,6 +195,12 @@ class Backbone(nn.Module):
         if raw.ndim != 4 or raw.shape[1] not in (1, 3):
             raise ValueError(f"{self.name}: expected raw images [B, 1 or 3, {self.img_size}, "
                              f"{self.img_size}], got {tuple(raw.shape)}")
+        if not raw.is_floating_point():
+            raise TypeError(f"{self.name}: expected raw images as floats in [0, 1], got {raw.dtype} "
+                            "(uint8 images: divide by 255 first)")
+        if raw.numel() and raw.amax() > RAW_MAX:  # a resize may overshoot 1 a little, never to 255
+            raise ValueError(f"{self.name}: expected raw images in [0, 1], got values up to {raw.amax().item():g} "
+                             "(0-255 images: divide by 255 first)")
         raw = raw.to(self.mean.device, self.mean.dtype)
         if raw.shape[1] == 1:
             raw = raw.expand(-1, 3, -1, -1)
@@ -204,6 +214,11 @@ class Backbone(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != exp:
             raise ValueError(f"{self.name}: expected normalised images [B, {exp[0]}, {exp[1]}, "
                              f"{exp[2]}], got {tuple(x.shape)}")
+        if len(x) == 0:
+            raise ValueError(f"{self.name}: expected at least one image, got an empty batch {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{self.name}: expected normalised float images, got {x.dtype} (raw images in [0, 1] "
+                            "go through Backbone.normalize first)")
         if not torch.isfinite(x).all():
             raise ValueError(f"{self.name}: input images contain NaN or inf")
 

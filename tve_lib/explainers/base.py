@@ -50,6 +50,16 @@ class Explainer:
         """``f = h ∘ g`` as a callable on normalised images, returning logits."""
         return lambda x: head_logits(head, self.backbone.embed(x))
 
+    def check_call(self, images: torch.Tensor, heads: list[nn.Module],
+                   targets: list[torch.Tensor | int | None] | None = None) -> None:
+        """The protocol's inputs, checked before any pass, for explainers whose map reads neither the head nor the
+        target (random, rollout): a wrong head or class is the caller's mistake whichever method it calls."""
+        self.backbone.check_input(images)
+        for h, t in zip(heads, targets or [None] * len(heads)):
+            check_head(h, self.backbone.embed_dim)
+            if t is not None:
+                check_targets(t, len(images), h)
+
     @torch.no_grad()
     def resolve_target(self, images: torch.Tensor, head: nn.Module,
                        target: torch.Tensor | int | None) -> torch.Tensor:

@@ -72,6 +72,7 @@ class Rollout(Explainer):
     def explain_tasks(self, images: torch.Tensor, heads: list[nn.Module],
                       targets: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
         """The (class-agnostic) rollout map, returned once per head."""
+        self.check_call(images, heads, targets)
         a = self.rollout(images)
         return [a for _ in heads]
 

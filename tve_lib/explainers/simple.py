@@ -34,7 +34,7 @@ class Random(Explainer):
 
     def explain(self, images: torch.Tensor, head: nn.Module,
                 target: torch.Tensor | int | None = None) -> torch.Tensor:
-        self.backbone.check_input(images)
+        self.check_call(images, [head], [target])
         return torch.stack([torch.rand(self.grid, self.grid, generator=torch.Generator().manual_seed(s))
                             for s in image_seeds(images, self.seed)]).to(images.device)
 
