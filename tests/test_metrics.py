@@ -153,6 +153,28 @@ def test_a_shared_curve_base_gives_the_same_curves_and_checks_its_images():
     assert sum(passes) - with_base == with_base + 2 * 5  # the full and the fully removed images
 
 
+def test_the_next_head_with_the_same_masks_reuses_their_embeddings():
+    """A map that reads neither head nor class (random, rollout) masks the same images for every head: the second
+    head's curves make no masked pass and equal those computed afresh; another map computes its own."""
+    bb, h1 = toy_backbone(), linear_head()
+    h2 = linear_head(seed=1)
+    x, grids = images(5), ((0.0, 0.5), (0.0, 0.3), 4)
+    a = torch.rand(5, 8, 8, generator=torch.Generator().manual_seed(0))
+    base = M.curve_base(bb, x, 4)
+    passes, embed = [], bb.embed
+    bb.embed = lambda z: passes.append(len(z)) or embed(z)
+    M.perturbation_curves(bb, h1, x, a, None, *grids, batch_size=4, base=base)
+    first = sum(passes)
+    reused = M.perturbation_curves(bb, h2, x, a, None, *grids, batch_size=4, base=base)
+    assert first > 0 and sum(passes) == first  # the second head: no pass at all
+    fresh = M.perturbation_curves(bb, h2, x, a, None, *grids, batch_size=4)
+    for k in fresh:
+        assert torch.equal(fresh[k][1], reused[k][1]), k
+    n = sum(passes)
+    M.perturbation_curves(bb, h2, x, a.flip(-1), None, *grids, batch_size=4, base=base)
+    assert sum(passes) - n == first  # other masks: computed
+
+
 # ----------------------------------------------------------------------------- localisation, bootstrap
 def test_pointing_game_and_mass_in_region():
     masks = torch.zeros(2, 32, 32, dtype=torch.bool)
