@@ -1,24 +1,22 @@
 """Generic augmentation of the *upstream* pre-training images (never a downstream image).
 
-TVE pre-trains on single, full-size, centred upstream items; a downstream task may lay its
-images out otherwise (the cpu mosaics: four half-size items). ``"composite"`` replaces a fraction
-of the pre-training images, chosen by seed, half by 2x2 composites of half-size upstream images
-(each quadrant filled with probability 1/2, at least one) and half by single upstream images
-zoomed to 50-100 % and placed at a random position. ``"composite_lowres"`` splits the replaced
-fraction in thirds: composites, zooms, and single upstream images at a low resolution (downsampled to
-1/6-1/2 of their side, antialiased, and upsampled back bilinearly: the smooth strokes of an upsampled
-small image, which no full-resolution upstream item shows). ``"composite_outline"`` splits it in thirds too, the
-last third being outlines: the morphological gradient (dilation minus erosion, a window of about 1/16 of the side)
-of a single upstream image, scaled to its maximum and blurred as the low-resolution copies are: thin, smooth,
-closed strokes, a shape no upstream item shows filled. ``"composite_glyphs"`` has generated images as its last
-third, not upstream ones: a Latin letter (no digit: the cpu profile's digits are a downstream task) of the font
-Pillow bundles, thin or bold, its larger side scaled to 54-90 % of the image's, rotated by up to 15 degrees,
-placed at random, at an intensity of 0.6-1, and blurred as the low-resolution copies are: handwriting-like
-strokes from a source outside every task. ``"composite_strokes"`` splits that last third between those letters
-and scribbles: one to three random pen strokes per image (cubic Bezier curves and elliptic arcs, of a random
-width), drawn antialiased and blurred the same way: loops and bends that no font and no upstream item shows.
-Built once, deterministically, in memory; the rest of the set is untouched, so the explainer still sees the
-original distribution.
+TVE pre-trains on single, full-size, centred upstream items; a downstream task may lay its images out otherwise (the
+cpu mosaics: four half-size items). ``"composite"`` replaces a fraction of the pre-training images, chosen by seed,
+half by 2x2 composites of half-size upstream images (each quadrant filled with probability 1/2, at least one) and half
+by single upstream images zoomed to 50-100 % and placed at a random position. ``"composite_lowres"`` splits the
+replaced fraction in thirds: composites, zooms, and single upstream images at a low resolution (downsampled to 1/6-1/2
+of their side, antialiased, and upsampled back bilinearly: the smooth strokes of an upsampled small image, which no
+full-resolution upstream item shows). ``"composite_outline"`` splits it in thirds too, the last third being outlines:
+the morphological gradient (dilation minus erosion over a square window of radius about 1/16 of the side) of a single
+upstream image, scaled to its maximum and blurred as the low-resolution copies are: thin, smooth, closed strokes, a
+shape no upstream item shows filled. ``"composite_glyphs"`` has generated images as its last third, not upstream ones:
+a Latin letter (no digit: the cpu profile's digits are a downstream task) of the font Pillow bundles, thin or bold,
+its larger side scaled to 54-90 % of the image's, rotated by up to 15 degrees, placed at random, at an intensity of
+0.6-1, and blurred as the low-resolution copies are: handwriting-like strokes from a source outside every task.
+``"composite_strokes"`` splits that last third between those letters and scribbles: one to three random pen strokes
+per image (cubic Bezier curves and elliptic arcs, of a random width), drawn antialiased and blurred the same way:
+loops and bends that no font and no upstream item shows. Built once, deterministically, in memory; the rest of the set
+is untouched, so the explainer still sees the original distribution.
 """
 
 from __future__ import annotations

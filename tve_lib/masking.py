@@ -1,7 +1,7 @@
 """The one removal operator shared by every explainer and metric, and the TVE windows.
 
 Players are the ``G x G`` grid of pixel patches. Removing a player sets its pixels to the
-removal value in *normalised* input space (0 = the dataset mean colour, docs/method.md §1), or,
+removal value in *normalised* input space (0 = the normalisation's mean colour, docs/method.md §1), or,
 under another removal operator (`tve_lib.operators`), to a per-image fill. Soft masks in [0, 1]
 (LTX) blend toward the same fill, so hard and soft masking share one formula.
 """
