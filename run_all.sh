@@ -4,7 +4,7 @@
 #                [--precision auto|native|fp32|bf16] [--compile BACKEND]
 #   ./run_all.sh --tests [pytest args]      # the test suite (what CI runs; -m browser: the JupyterLab browser test)
 #   ./run_all.sh --lab [--port N]           # JupyterLab on notebooks/ with the suite's kernel (prints the URL)
-# Environment: TVE_VENV (default .venv), DATA_DIR, WEIGHTS_DIR, DEVICE (auto|cpu|cuda).
+# Environment: TVE_VENV (default .venv), TVE_VENV_NEEDS_GB (default 7), DATA_DIR, WEIGHTS_DIR, DEVICE (auto|cpu|cuda).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${TVE_VENV:-.venv}"

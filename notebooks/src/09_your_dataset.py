@@ -2,7 +2,7 @@
 # # 09 · Your dataset: explain a new task with the pre-trained TVE explainer
 #
 # Copy this notebook and change **one parameter**: `TASK = "folder:/path/to/imagefolder"`, a folder with one
-# sub-folder of images per class (split 70/30 into train and test with `SEED`), or with `train/` and `test/`
+# sub-folder of images per class (split 70/30 into train and test by a fixed seed), or with `train/` and `test/`
 # sub-folders that each hold one sub-folder per class. Images of any size and format that PIL reads are
 # resized and centre-cropped to the profile's input size.
 #
