@@ -6,8 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tve_lib.report.claims import HELDOUT_RATIO_OK, SPEARMAN_OK
-from tve_lib.report.findings import branch_finding, pretrain_finding, scaling_finding, transfer_finding
+from tve_lib.report.claims import BACKBONE_ACCURACY_OK, HEAD_ACCURACY_OK, HELDOUT_RATIO_OK, SPEARMAN_OK
+from tve_lib.report.findings import (
+    accuracy_finding,
+    branch_finding,
+    pretrain_finding,
+    scaling_finding,
+    transfer_finding,
+)
 from tve_lib.report.readme import BEGIN, END, update_readme
 from tve_lib.report.tables import branch_table, transfer_summary
 
@@ -23,6 +29,19 @@ def test_transfer_finding_follows_the_numbers():
     bad = transfer_finding(_summary([0.9, 0.95, SPEARMAN_OK - 0.01]))
     assert "3/3" in good and "**missed**" not in good.split("Mean top")[0]
     assert "2/3" in bad and "**missed**" in bad and "vit/b/linear" in bad
+
+
+def test_accuracy_finding_follows_the_numbers():
+    rows = [dict(backbone=b, task="fashion_mnist", head="backbone", split="test", accuracy=a)
+            for b, a in (("vit", BACKBONE_ACCURACY_OK + 0.01), ("swin", BACKBONE_ACCURACY_OK + 0.02))]
+    rows += [dict(backbone="vit", task=t, head=h, split=sp, accuracy=HEAD_ACCURACY_OK + 0.1)
+             for t in ("a", "b") for h in ("linear", "mlp") for sp in ("train", "test")]
+    good = accuracy_finding(pd.DataFrame(rows))
+    assert "4 of 4" in good and "**missed**" not in good and "swin" in good
+    rows[-1] = dict(rows[-1], accuracy=HEAD_ACCURACY_OK - 0.05)  # b/mlp's test accuracy
+    rows[0] = dict(rows[0], accuracy=BACKBONE_ACCURACY_OK - 0.01)
+    bad = accuracy_finding(pd.DataFrame(rows))
+    assert "3 of 4" in bad and bad.count("**missed**") == 2 and f"vit/b/mlp {HEAD_ACCURACY_OK - 0.05:.3f}" in bad
 
 
 def test_branch_finding_and_summary_follow_the_per_image_numbers():

@@ -86,7 +86,21 @@ def test_blur_keeps_constants_and_smooths():
     b = BlurFill(S // G).fill(x)
     assert b.shape == x.shape and b.var() < x.var()
     torch.testing.assert_close(b.mean((-1, -2)), x.mean((-1, -2)), atol=0.15, rtol=0)
-    with pytest.raises(ValueError):
+    # the impulse response is the normalised Gaussian, built here: exp(-t²/2σ²) / Σ, outer product
+    sigma, n = 1.5, 21
+    delta = torch.zeros(1, 1, n, n, dtype=torch.float64)
+    delta[..., n // 2, n // 2] = 1.0
+    t = torch.arange(-5, 6, dtype=torch.float64)
+    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    want = torch.zeros(n, n, dtype=torch.float64)
+    want[n // 2 - 5:n // 2 + 6, n // 2 - 5:n // 2 + 6] = torch.outer(k, k)
+    torch.testing.assert_close(gaussian_blur(delta, sigma)[0, 0], want)
+    # edges are replicated: a step at the border stays a step's blur, not a fade toward zero
+    edge = torch.zeros(1, 1, n, n, dtype=torch.float64)
+    edge[..., :, 0] = 1.0
+    assert gaussian_blur(edge, sigma)[0, 0, :, 0].tolist() == pytest.approx([float(k[5:].sum())] * n)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
         BlurFill(0)
     with pytest.raises(KeyError, match="unknown removal operator"):
         make_operator("zero")

@@ -162,6 +162,20 @@ def test_a_window_radius_is_checked_wherever_one_is_given(tmp_path):
     assert not list(tmp_path.iterdir())
     with pytest.raises(ValueError, match="window radius"):
         Occlusion(bb, radius=0)
+    # the exact quantity, its cached form, the targets and the explainer itself: the same rule, before any pass
+    from tve_lib.explainers.tve import TVE, window_occlusion
+    from tve_lib.explainers.tve_targets import all_window_embeddings, exact_window_embeddings
+
+    x, head = torch.randn(2, 3, 32, 32), torch.nn.Linear(bb.embed_dim, 3)
+    calls = {"window_occlusion": lambda r: window_occlusion(bb, head, x, torch.zeros(2, dtype=torch.long), r),
+             "exact_window_embeddings": lambda r: exact_window_embeddings(bb, x, r),
+             "all_window_embeddings": lambda r: all_window_embeddings(bb, x, r),
+             "TVE": lambda r: TVE(bb, m, r)}
+    for name, call in calls.items():
+        for bad in (0, bb.grid):
+            with pytest.raises(ValueError, match=f"from 1 to {bb.grid - 1}"):
+                call(bad)
+                pytest.fail(f"{name} took radius {bad}")
 
 
 @pytest.mark.parametrize("arch", ["two", "tapped"])

@@ -43,7 +43,7 @@ def test_only_missing_rows_are_computed_and_keys_follow_what_shapes_them(tmp_pat
     exact_window_embeddings(bb, x, 1)
     exact_window_embeddings(bb, x, 1)
     assert calls == [2, 4]
-    exact_window_embeddings(bb, x[:1], 0)  # another radius: other rows
+    exact_window_embeddings(bb, x[:1], 2)  # another radius: other rows
     bb.operator = make_operator("mean")  # another removal operator: other rows
     k, _ = exact_window_embeddings(bb, x[:1], 1)
     assert calls == [2, 4, 1, 1]

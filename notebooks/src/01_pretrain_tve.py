@@ -22,8 +22,9 @@
 # **Suite choices** (configurable in `tve_lib.config.TVEConfig`, compared in notebook 03b, specified in
 # `docs/method.md`): the explainer shape (`arch`): `"tapped_global"` (the default), a few transformer blocks on the
 # frozen backbone's own last token maps (timm's `forward_intermediates`, resized to the player grid) plus each
-# player's pixels, and one more token, the full-image embedding `g(x)`, so that explaining costs about one
-# backbone inference; `"tapped"`, the same without `g(x)`; or `"two"` independent ViT trunks on
+# player's pixels, and one more token, the full-image embedding `g(x)`, so that explaining costs one backbone
+# pass plus the explainer's blocks (measured against inference in notebook 04); `"tapped"`, the same without
+# `g(x)`; or `"two"` independent ViT trunks on
 # the player grid (the official shape), or one `"shared"` trunk; a loss that weights the within-image part of
 # the squared error (`centred_weight`; 1 is the plain MSE); upstream augmentation by composites of half-size
 # upstream images, zooms and generated letters, never a downstream image (`augment`); radius `r = round(2G/14)`

@@ -14,7 +14,7 @@
 #
 # Transfer error: for held-out images of every task we compute the exact amortised quantity by brute force
 # (2·G² backbone passes per image, shared by both heads) and report, per image, the Spearman correlation
-# and the top-10 % overlap with TVE's map, against the targets of `tve_lib.report.figures` (`SPEARMAN_OK`,
+# and the top-10 % overlap with TVE's map, against the targets of `tve_lib.report.claims` (`SPEARMAN_OK`,
 # `TOPK_OK`), in every setting, including the digits task, a domain the explainer never saw. How the error
 # moves with pre-training compute is measured in notebook 03b (`tve/scaling.csv`).
 
@@ -37,7 +37,8 @@ from tve_lib import Suite
 from tve_lib.explainers.tve import window_occlusion
 from tve_lib.gallery import attribution_gallery
 from tve_lib.io import write_csv
-from tve_lib.report.figures import SPEARMAN_OK, transfer_boxes
+from tve_lib.report.claims import SPEARMAN_OK
+from tve_lib.report.figures import transfer_boxes
 from tve_lib.report.findings import branch_finding, transfer_finding
 from tve_lib.report.plots import savefig
 from tve_lib.report.tables import branch_table, transfer_summary

@@ -25,7 +25,9 @@
 #    * **upstream augmentation**: composites of half-size upstream images, zoomed, shifted ones and generated
 #      letters (never a downstream image), against none, per task: the composites target the mosaic layout that
 #      pre-training on single items never shows, the letters the strokes that Fashion-MNIST never shows;
-#    * **loss**: the weight of the within-image part of the squared error (1 = the plain MSE);
+#    * **loss**: the weight of the within-image part of the squared error (1 = the plain MSE; dense sampler only);
+#    * **loss dimensions**: every embedding dimension alike (`plain`, the method's MSE) or each over its variance
+#      (`whitened`);
 #    * **tapped inputs**: the backbone's tokens with or without each player's own pixels.
 #
 # Then the quality-against-throughput front of the explainer shapes. Backbones: `SCALING_BACKBONES` and
@@ -50,8 +52,8 @@ from IPython.display import Markdown, display
 
 from tve_lib import Suite
 from tve_lib.io import upsert_csv, write_csv
+from tve_lib.report.claims import SPEARMAN_OK
 from tve_lib.report.fidelity_plots import ablation_bars, scaling_curve
-from tve_lib.report.figures import SPEARMAN_OK
 from tve_lib.report.findings import extended_finding, in_domain_finding, scaling_finding
 from tve_lib.report.plots import savefig
 from tve_lib.studies.ablations import ablation_variants, reference_config, run_ablations
@@ -144,7 +146,7 @@ for metric in ("fid_plus_auc", "fid_minus_auc", "shapley_spearman", "transfer_sp
 
 # %% [markdown]
 # ## All metrics, per variant (mean over tasks and heads)
-# Pre-training seconds are those of this run (0 when the variant was cached).
+# Pre-training seconds are those of this run (the load time when the variant was cached).
 
 # %%
 wide = table.pivot_table(index=["backbone", "ablation", "variant"], columns="metric", values="value")

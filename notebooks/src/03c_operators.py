@@ -21,7 +21,8 @@
 # Writes `fidelity/operators.csv` (`backbone, task, head, method, budget, operator, metric, value, n_images,
 # seed`), the per-image values in `fidelity/operators_per_image.csv`, the Kendall τ between the method rankings
 # of each pair of operators in `fidelity/operator_agreement.csv` (`backbone, task, head, metric, operator_a,
-# operator_b, kendall_tau, n_methods`), and the verdicts of notebook 03's fidelity claims under each operator.
+# operator_b, kendall_tau, n_methods`), and shows the verdicts of notebook 03's fidelity claims under each operator
+# (notebook 07 recomputes them from these tables for the report).
 
 # %% tags=["parameters"]
 PROFILE = "cpu"

@@ -7,37 +7,37 @@
 #
 # **What is timed** (`tve_lib.studies.throughput`): every registered explainer (`tve_lib.explainers.EXPLAINERS`: random,
 # Integrated Gradients, Grad-CAM, attention rollout, window occlusion, KernelSHAP and LIME at two budgets of
-# model calls per image, the amortised task-specific explainer `fastshap`, and TVE in both its shared-trunk and
-# two-trunk variants, the `tve_arch` column) on each backbone, at every batch size of the profile. Each
+# model calls per image, the amortised task-specific explainer `fastshap`, and TVE in every shape of `bench.tve_archs`
+# (the profile's own first; the `tve_arch` column)) on each backbone, at every batch size of the profile. Each
 # explanation **includes the forward passes it needs**: the prediction that picks the explained class is part
 # of every timed call. The **reference** is the backbone's own inference `h(g(x))` at the same batch size;
 # `ratio_to_inference` is every method's images/s over it.
 #
-# **How** (`tve_lib.timing.time_call`): warm-up runs, then ≥ 5 timed repeats (fewer at paper size on CPU), the
-# median and the inter-quartile range; `torch.cuda.synchronize` around every timer on GPU; threads, device and
-# dtype recorded in every row. Two sections:
+# **How** (`tve_lib.timing.time_call`): warm-up runs, then `bench.repeats` timed repeats (fewer at paper size on CPU),
+# the median and the inter-quartile range; `torch.cuda.synchronize` around every timer on GPU; threads, device and dtype
+# recorded in every row. Two sections:
 # * `size = profile`: the profile's trained backbones, their linear heads of the profile's tasks, test images;
 # * `size = paper`: ViT-B/16, DeiT-B and Swin-B at 224 px with **random weights** (throughput needs no
 #   trained weights), the paper profile's explainer sizes, batch sizes and repeats reduced on CPU.
 #
-# **Estimated rows.** KernelSHAP-1000 at ViT-B size is ~1,000 ViT-B forwards per image: minutes per image on
-# a CPU. Rather than drop such rows, a row whose measurement is predicted to exceed the profile's cap
-# (`bench.max_measure_s`, warm-up included), or that comes after its backbone's share of the section's time
-# budget, is **estimated** and says how (`estimated`, `basis`): from the per-image time measured at a smaller
-# batch size, from one untimed run, or, for methods with many model calls, from a *stand-in run*: the
-# explainer runs once with the backbone swapped for a near-free linear map, which gives its exact model-call
-# count and its own time; the estimate is its own time plus the count times the measured inference time per
-# image (×3 for calls with a backward pass). Never compare estimated rows with the same care as measured ones.
+# **Estimated rows.** KernelSHAP at its largest budget at ViT-B size is that many ViT-B forwards per image, far
+# beyond a CPU's time budget. Rather than drop such rows, a row whose measurement is predicted to exceed the profile's
+# cap (`bench.max_measure_s`, warm-up included), or that comes after its backbone's share of the section's time budget,
+# is **estimated** and says how (`estimated`, `basis`): from the per-image time measured at a smaller batch size, from
+# one untimed run, or, for methods with many model calls, from a *stand-in run*: the explainer runs once with the
+# backbone swapped for a near-free linear map, which gives its exact model-call count and its own time; the estimate is
+# its own time plus the count times the measured inference time per image (×`tve_lib.timing.GRAD_FACTOR` for calls with
+# a backward pass). Never compare estimated rows with the same care as measured ones.
 #
-# **Task scaling:** the same images explained for 1, 2 and 3 downstream heads. TVE runs ψ once and only
+# **Task scaling:** the same images explained for 1 to `bench.n_tasks` downstream heads. TVE runs ψ once and only
 # applies each head (`explain_tasks`); the perturbation methods also share their backbone calls across heads
 # (the backbone is frozen, so `g(masked x)` does not depend on the task); gradient methods back-propagate per
 # head, and the amortised explainer is trained per task and head, so it runs once per task.
 #
 # **Targets** (ratios within one run; the thresholds are `tve_lib.report.claims.TARGETS`, and every row of the
 # checks table below carries its own): TVE's throughput over KernelSHAP's at its largest budget, on every
-# architecture; TVE over the backbone's inference (it costs at most three forward passes; a higher aim for the
-# shared trunk); TVE's cost for several tasks over one; KernelSHAP's time over its model calls alone.
+# architecture; TVE over the backbone's inference (`tve_ratio_to_inference`: TVE costs a few forward
+# passes); TVE's cost for several tasks over one; KernelSHAP's time over its model calls alone.
 
 # %% tags=["parameters"]
 PROFILE = "cpu"
@@ -134,12 +134,14 @@ savefig(fig, suite.path("figures", "04_batch_scaling"))
 
 # %% [markdown]
 # ## Task scaling
-# Cost of explaining the same images for n tasks over the cost for one. Dashed: TVE's 1.2× target; dotted:
+# Cost of explaining the same images for n tasks over the cost for one. Dashed: TVE's target
+# (`TARGETS["tve_tasks_cost"]`, printed below); dotted:
 # linear growth (a method that re-runs per task).
 
 # %%
 fig = report.task_scaling(throughput)
 savefig(fig, suite.path("figures", "04_task_scaling"))
+print(f"TVE's target: n tasks cost <= {claims.TARGETS['tve_tasks_cost']:g}x one task")
 ts = throughput[throughput.groupby(["backbone", "size", "method", "budget", "tve_arch"]).n_tasks.transform("max") > 1]
 display(ts.pivot_table(index=["size", "method", "budget", "tve_arch"], columns=["backbone", "n_tasks"],
                        values="ms_per_image").round(3))

@@ -2,7 +2,7 @@
 # # 07 · Every figure from the CSVs, and which claims reproduce
 #
 # This notebook loads **no model**: it reads the tidy CSVs that notebooks 00–06 wrote under
-# `results/<profile>/` and rebuilds every figure from them, so it runs in seconds and
+# `results/<profile>/` and rebuilds every figure from them, so it is quick and
 # `./run_all.sh --figures-only` reruns just this notebook after any change to a figure. Each figure is saved
 # as PNG and PDF under `results/<profile>/figures/` with a stable name (`fig1_tve_overview`,
 # `fig2a_fid_plus_auc`, …), and `results/<profile>/REPORT.md` embeds them all beside the claims table.

@@ -48,8 +48,8 @@ print(f"{sel}; baselines for {sel.backbone}: {explorer.methods(sel.backbone)}; s
 
 # %% [markdown]
 # ## The explorer
-# Rows: TVE, then the baselines. Columns: the image (known region in red), the map (red: evidence for the
-# predicted class, blue: against it; each map scaled by its largest absolute value), then the masked image
+# Rows: TVE, then the baselines. Columns: the image (known region in red), the map (red: players above the
+# image's median player, blue: below; each map scaled by the 99th percentile of its |values|), then the masked image
 # at each sparsity with the probability kept.
 
 # %%

@@ -8,7 +8,7 @@
 #
 # What happens, and what does not:
 # 1. a **head** (linear, or `HEAD = "mlp"`) is trained on the frozen backbone's embeddings of your training
-#    images: seconds, cached under `results/<profile>/checkpoints`;
+#    images, cached under `results/<profile>/checkpoints`;
 # 2. the backbone's **TVE explainer, pre-trained once on the upstream set (notebook 01), explains it as is**:
 #    no explainer is trained on your data;
 # 3. its maps are scored against **KernelSHAP** at the profile's budgets of model calls per image (and a
@@ -121,13 +121,13 @@ savefig(fig, suite.path("figures", "09_fid_plus_auc"))
 
 # %% [markdown]
 # ### Agreement with KernelSHAP's maps
-# Spearman correlation and top-25 % overlap of each map with KernelSHAP at the largest budget, per image
+# Spearman correlation and top-`eval.shapley_topk` overlap of each map with KernelSHAP at the largest budget, per image
 # (KernelSHAP is itself an estimate: its two budgets' agreement shows how noisy it is at this budget).
 
 # %%
 ref = maps[("kernelshap", max(ev.budgets))]
 agree = pd.DataFrame([{"method": f"{m}-{b}" if b else m, "median_spearman": spearman(a, ref).median().item(),
-                       "mean_top25_overlap": topk_overlap(a, ref, 0.25).mean().item()}
+                       "mean_topk_overlap": topk_overlap(a, ref, ev.shapley_topk).mean().item()}
                       for (m, b), a in maps.items() if (m, b) != ("kernelshap", max(ev.budgets))])
 display(agree)
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..heads import check_head, head_logits, last_linear
-from ..masking import MASKED_BATCH, pool_map
+from ..masking import MASKED_BATCH, pool_map, window_radius
 from .base import Explainer
 from .registry import register_explainer
 from .tve_model import (
@@ -56,7 +56,7 @@ def window_occlusion(backbone: Backbone, head: nn.Module, x: torch.Tensor, targe
     """The exact quantity TVE amortises, ``f_y(x⊙W_i) − f_y(x⊙(1−W_i))``, as ``[B, G, G]``: a reference,
     so the backbone runs in fp32 whatever the profile's precision (`Backbone.full_precision`)."""
     check_head(head, backbone.embed_dim)  # before the 2·G² backbone calls
-    ek, er = exact_window_embeddings(backbone, x, radius, chunk)
+    ek, er = exact_window_embeddings(backbone, x, window_radius(radius, backbone.grid), chunk)
     g = backbone.grid
     return transfer_rule(ek, er, head, target).view(len(x), g, g)
 
@@ -77,7 +77,7 @@ class TVE(Explainer):
         if model.embed_dim != backbone.embed_dim or model.grid != backbone.grid:
             raise ValueError(f"explainer predicts {model.embed_dim}-dim embeddings on a {model.grid} grid "
                              f"but backbone {backbone.name} has {backbone.embed_dim} on {backbone.grid}")
-        self.model, self.radius = model.eval(), radius
+        self.model, self.radius = model.eval(), window_radius(radius, backbone.grid)
         self.lam_plus, self.lam_minus, self.pool, self.last_layer_only = (
             lam_plus, lam_minus, pool, last_layer_only)
 

@@ -29,7 +29,7 @@ from ..cache import UNUSABLE
 from ..imagesets import ImageSet, content_digest
 from ..io import load_torch, save_torch, write_json
 from ..loader import load_batches
-from ..masking import MASKED_BATCH, windows
+from ..masking import MASKED_BATCH, window_radius, windows
 from ..precision import dtype_name
 
 
@@ -37,7 +37,7 @@ from ..precision import dtype_name
 def window_targets(backbone: Backbone, x: torch.Tensor, centres: torch.Tensor, radius: int,
                    chunk: int = MASKED_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """``g(x ⊙ W_c)`` and ``g(x ⊙ (1 − W_c))`` for centres ``[B, K]``: two ``[B, K, D]`` tensors."""
-    win = windows(backbone.grid, radius, x.device)[centres]  # [B, K, P]
+    win = windows(backbone.grid, window_radius(radius, backbone.grid), x.device)[centres]  # [B, K, P]
     b, k = centres.shape
     keep = backbone.mask(x, win).flatten(0, 1)  # [B*K, 3, S, S]
     rem = backbone.mask(x, ~win).flatten(0, 1)
@@ -71,6 +71,7 @@ def exact_window_embeddings(backbone: Backbone, x: torch.Tensor, radius: int,
     bit for bit. A reference, so fp32 whatever the profile's precision (`Backbone.full_precision`).
     Pre-training's targets keep their own store (`TargetStore`).
     """
+    radius = window_radius(radius, backbone.grid)  # before the key: None and the default are one row
     cache = getattr(backbone, "window_cache", None)
     with backbone.full_precision():
         if cache is None:

@@ -64,6 +64,13 @@ SPEEDUP_OK = 10.0  # "favourable": ≥ 10× the throughput of KernelSHAP at its 
 LTX_MAJORITY = 2 / 3  # LTX better than pLTX in ≥ 2/3 of settings on a majority of metrics (`ltx_verdict`)
 
 
+BACKBONE_ACCURACY_OK = 0.85  # a trained backbone on its upstream test split (notebook 00; the cpu backbones)
+HEAD_ACCURACY_OK = 0.8  # a downstream head on its task's test split: a head that cannot classify explains nothing
+
+
+INHERITED_MARGIN = 0.02  # Fid⁺ AUC: occlusion within this of a weak baseline, TVE's loss to it counts as inherited
+
+
 #: downstream tasks from a domain the upstream set does not cover (the TVE claim's "unseen domain")
 UNSEEN_TASKS = ("digits", "cifar10")
 

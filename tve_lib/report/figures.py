@@ -268,7 +268,8 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("fig5b_task_scaling", "Figure 5b · Task scaling",
                "Cost of explaining the same images for n downstream tasks over one task.", fig_task_scaling),
     FigureSpec("fig6_galleries", "Figure 6 · Explanation galleries",
-               "Every method's map on the first test images of each task (red: evidence for the predicted class).",
+               "Every method's map on the first test images of each task (red: players above the image's median "
+               "player; each map scaled by the 99th percentile of its |values|).",
                fig_galleries),
     FigureSpec("fig7_ltx", "Figure 7 · LTX vs pLTX, TVE and KernelSHAP",
                "Hatched: LTX with the official step selection by the test metric (reported, never ranked).", fig_ltx),

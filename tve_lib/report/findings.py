@@ -1,7 +1,7 @@
 """Findings as prose, rendered from a run's tables (so the words are true for every rerun).
 
 Each function takes the DataFrames a notebook just wrote (or read back) and returns Markdown; the
-thresholds are the claim rules' (`tve_lib.report.figures`), never literals in a notebook.
+thresholds are the claim rules' (`tve_lib.report.claims`), never literals in a notebook.
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ import pandas as pd
 
 from ..schema import continued_rows
 from .claims import (
+    BACKBONE_ACCURACY_OK,
     COMPETITIVE,
     FID_RATIO_MEDIAN_OK,
     FID_RATIO_WORST_OK,
+    HEAD_ACCURACY_OK,
     HELDOUT_RATIO_OK,
+    INHERITED_MARGIN,
     PRETRAIN_SECONDS_OK,
     SPEARMAN_OK,
     TOPK_OK,
@@ -27,6 +30,24 @@ def _met(ok: bool) -> str:
 
 def _range(s: pd.Series, fmt: str = ".2f") -> str:
     return f"{s.min():{fmt}}" if s.min() == s.max() else f"{s.min():{fmt}}–{s.max():{fmt}}"
+
+
+def accuracy_finding(acc: pd.DataFrame) -> str:
+    """Notebook 00: the backbones on their upstream test split and the heads on their tasks' test splits, against
+    the targets (a head that cannot classify gives explanations of nothing)."""
+    test = acc[acc.split == "test"]
+    bb, heads = test[test["head"] == "backbone"], test[test["head"] != "backbone"]
+    parts = ["**Finding (this run).**"]
+    if len(bb):
+        scores = ", ".join(f"{r.backbone} {r.accuracy:.3f}" for r in bb.itertuples())
+        parts.append(f"Backbones on the upstream test split: {scores} "
+                     f"(target ≥ {BACKBONE_ACCURACY_OK:g}: {_met(bool((bb.accuracy >= BACKBONE_ACCURACY_OK).all()))}).")
+    low = heads[heads.accuracy < HEAD_ACCURACY_OK]
+    parts.append(f"Heads on their tasks' test splits: {(heads.accuracy >= HEAD_ACCURACY_OK).sum()} of {len(heads)} at "
+                 f"≥ {HEAD_ACCURACY_OK:g} (lowest {heads.accuracy.min():.3f}: {_met(low.empty)})"
+                 + ("." if low.empty else "; below: " + ", ".join(f"{r.backbone}/{r.task}/{r.head} {r.accuracy:.3f}"
+                                                                  for r in low.itertuples()) + "."))
+    return " ".join(parts)
 
 
 def pretrain_finding(pre: pd.DataFrame, ratios: pd.DataFrame) -> str:
@@ -268,7 +289,20 @@ def fidelity_ratio_finding(ratios: pd.Series) -> str:
             f"{ratios.min():.3f} (target ≥ {FID_RATIO_WORST_OK:g}: {_met(ratios.min() >= FID_RATIO_WORST_OK)}).")
 
 
-def _weak_losses(per_image: pd.DataFrame, verdict: pd.DataFrame, margin: float = 0.02) -> tuple[int, int]:
+def failing_rows(verdict: pd.DataFrame) -> str:
+    """Notebook 03: the settings that fail the acceptance check (`fidelity.tve_verdict`), one line each."""
+    bad = verdict[~verdict.ok]
+    head = f"TVE passes the check in {int(verdict.ok.sum())} of {len(verdict)} backbone × task × head settings"
+    if bad.empty:
+        return head + "."
+    return head + "; it fails in:\n\n" + "\n".join(
+        f"- {r.backbone}/{r.task}/{r.head}: TVE {r.tve_same_images:.3f} against {r.worst_method} {r.worst_value:.3f} "
+        f"on {r.n_images} images (ratio {r.ratio:.2f}); beats {'/'.join(WEAK_BASELINES)}: {r.beats}"
+        for r in bad.itertuples())
+
+
+def _weak_losses(per_image: pd.DataFrame, verdict: pd.DataFrame, margin: float = INHERITED_MARGIN
+                 ) -> tuple[int, int]:
     """(settings where TVE loses to a weak baseline, of those where occlusion itself is within
     ``margin`` of that baseline or below it), paired on common images."""
     from .fidelity import _paired_means, _settings
@@ -314,7 +348,7 @@ def acceptance_finding(verdict: pd.DataFrame, ceiling: pd.DataFrame, per_image: 
                      "TVE's training, which notebook 03b's scaling study measures.")
     if lost:
         parts.append(f"TVE loses to a weak baseline in {lost} settings; in {inherited} of them occlusion itself is "
-                     "within 0.02 of that baseline or below it (TVE inherits it).")
+                     f"within {INHERITED_MARGIN:g} of that baseline or below it (TVE inherits it).")
     shapes = "; ".join(f"r = {r} on the {g}×{g} grid ({', '.join(sorted(b for b in windows if windows[b] == (r, g)))}"
                        f": a window holds {min((2 * r + 1) ** 2, g * g)} of {g * g} players)"
                        for r, g in sorted(set(windows.values())))
