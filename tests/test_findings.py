@@ -10,6 +10,7 @@ from tve_lib.report.claims import BACKBONE_ACCURACY_OK, HEAD_ACCURACY_OK, HELDOU
 from tve_lib.report.findings import (
     accuracy_finding,
     branch_finding,
+    failing_rows,
     pretrain_finding,
     scaling_finding,
     transfer_finding,
@@ -42,6 +43,16 @@ def test_accuracy_finding_follows_the_numbers():
     rows[0] = dict(rows[0], accuracy=BACKBONE_ACCURACY_OK - 0.01)
     bad = accuracy_finding(pd.DataFrame(rows))
     assert "3 of 4" in bad and bad.count("**missed**") == 2 and f"vit/b/mlp {HEAD_ACCURACY_OK - 0.05:.3f}" in bad
+
+
+def test_failing_rows_name_each_failing_setting():
+    v = pd.DataFrame([dict(backbone="vit", task=t, head="linear", ok=ok, beats=ok, tve_same_images=0.5,
+                           worst_method="lime-1000", worst_value=0.7, n_images=24, ratio=0.71) for t, ok in
+                      (("a", True), ("b", False))])
+    text = failing_rows(v)
+    assert text.startswith("TVE passes the check in 1 of 2")
+    assert "vit/b/linear: TVE 0.500 against lime-1000 0.700" in text and "vit/a/" not in text
+    assert failing_rows(v.assign(ok=True)).endswith("in 2 of 2 backbone × task × head settings.")
 
 
 def test_branch_finding_and_summary_follow_the_per_image_numbers():

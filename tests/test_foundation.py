@@ -160,6 +160,13 @@ def test_windows_are_clipped_chebyshev_balls():
 def test_pool_map_and_top_k():
     a = torch.full((1, 8, 8), 3.0)
     assert torch.allclose(pool_map(a, 2), a)
+    delta = torch.zeros(1, 8, 8)
+    delta[0, 3, 3] = 9.0
+    p = pool_map(delta, 1)  # each cell: the mean over its 3x3 neighbourhood inside the grid
+    assert torch.allclose(p[0, 2:5, 2:5], torch.ones(3, 3)) and p.sum() == pytest.approx(9.0)
+    corner = torch.zeros(1, 8, 8)
+    corner[0, 0, 0] = 4.0
+    assert pool_map(corner, 1)[0, 0, 0] == pytest.approx(1.0)  # 4 cells inside the grid at the corner
     s = torch.tensor([[0.1, 0.9, 0.5, 0.9]])
     assert top_k_mask(s, 2).tolist() == [[False, True, False, True]]
 
@@ -259,7 +266,7 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         save_torch({"a": 2}, p)
     monkeypatch.undo()
     assert load_torch(p) == {"a": 1}

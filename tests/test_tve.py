@@ -94,6 +94,8 @@ def test_transfer_rule_on_exact_phi_equals_brute_force(kind, seed):
         keep = head(bb.embed(bb.mask(x, w.expand(4, -1)))).gather(1, y[:, None]).squeeze(1)
         rem = head(bb.embed(bb.mask(x, (~w).expand(4, -1)))).gather(1, y[:, None]).squeeze(1)
         assert torch.allclose(keep + rem, full + empty, atol=1e-10)
+        # so player 0's attribution is 2 f(x ⊙ W) − f(x) − f(empty): one masked pass, not two
+        assert torch.allclose(a.flatten(1)[:, 0], 2 * keep - full - empty, atol=1e-10)
 
 
 class OneBranchOff(ExactPhi):
