@@ -277,3 +277,30 @@ def test_every_baseline_refuses_an_empty_batch_raw_pixels_and_a_wrong_head(name)
         e.explain(images(2), make_head("linear", bb.embed_dim + 1, 3))
     with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
         e.explain(images(2), h, 3)
+
+
+@pytest.mark.parametrize("name", ["vit", "deit"])
+def test_gradcam_equals_the_map_computed_by_hand(name):
+    """Grad-CAM at the last block's input tokens, written out here with a hook and autograd: the channel weights
+    are the patch-mean gradients of the target logit, the map their weighted sum of the tokens (ReLU optional)."""
+    bb = tiny_backbone(name)
+    torch.manual_seed(0)
+    head = make_head("mlp", bb.embed_dim, 3, 16).eval()
+    x, t = images(3), torch.tensor([0, 2, 1])
+    held = {}
+
+    def keep_tokens(module, args):
+        held["a"] = args[0].detach().requires_grad_(True)
+        return (held["a"], *args[1:])
+
+    hook = bb.model.blocks[-1].register_forward_pre_hook(keep_tokens)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(head(bb.embed(x)).gather(1, t[:, None]).sum(), held["a"])
+    hook.remove()
+    npt = bb.num_prefix_tokens
+    tokens, grad = held["a"][:, npt:].detach(), grad[:, npt:]  # [B, G², D]
+    cam = (grad.mean(1, keepdim=True) * tokens).sum(-1).view(3, bb.grid, bb.grid)
+    for relu in (True, False):
+        want = cam.clamp_min(0) if relu else cam
+        torch.testing.assert_close(GradCAM(bb, relu=relu).explain(x, head, t), want, atol=1e-5, rtol=1e-4)
+    assert (cam < 0).any()  # so the ReLU'd and the signed maps differ: both are checked
