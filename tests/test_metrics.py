@@ -190,6 +190,12 @@ def test_pointing_game_and_mass_in_region():
     a[1, 0, 0] = 1.0
     a[1, 5, 0] = -9.0  # negative relevance is ignored by the mass
     assert M.pointing_game(a, masks).tolist() == [1.0, 0.0]
+    # ties at the top share the hit: a constant map scores the region's share of the players, two tied maxima
+    # (one inside, one outside) one half, whatever the players' order
+    tied = torch.zeros(2, 8, 8)
+    tied[1, 7, 7] = tied[1, 0, 0] = 5.0
+    assert M.pointing_game(tied, masks).tolist() == [16 / 64, 0.5]
+    assert M.pointing_game(tied.flip(-1, -2), masks.flip(-1, -2)).tolist() == [16 / 64, 0.5]
     assert M.mass_in_region(a, masks).tolist() == pytest.approx([0.75, 1 / 3])
     assert math.isnan(M.mass_in_region(-torch.ones(1, 8, 8), masks[:1]).item())
 

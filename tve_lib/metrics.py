@@ -301,11 +301,13 @@ def region_fraction(masks: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 def pointing_game(attr: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per image 1.0 if the top-ranked player lies in the region (≥ half its pixels inside), else 0."""
+    """Per image 1.0 if the top-ranked player lies in the region (≥ half its pixels inside), else 0; players tied
+    at the top share the hit (its expectation under a random tie-break), so a constant map scores the region's
+    share of the players, not whatever player 0's position gives."""
     a = attr.flatten(1)
     frac = region_fraction(masks, round(a.shape[1] ** 0.5)).to(a.device)
-    top = top_k_mask(a, 1)
-    return (frac[top] >= 0.5).float()
+    top = a == a.amax(1, keepdim=True)
+    return ((frac >= 0.5) & top).sum(1).float() / top.sum(1).float()
 
 
 def mass_in_region(attr: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
