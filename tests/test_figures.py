@@ -158,6 +158,7 @@ def results(tmp_path):
 
 
 def test_every_figure_renders_png_pdf_and_the_report_embeds_them(results):
+    plt.close("all")  # what other tests left open is not the book's to close
     book = B.FigureBook(results)
     done = book.render_all()
     assert done == [f.name for f in F.FIGURES], book.skipped
