@@ -175,7 +175,7 @@ class CurveBase:
     """What every curve of some images shares whatever the map: the embeddings ``[B, D]`` of the full
     images and of the fully removed ones, under the removal operator named by ``operator``; and the masked
     embeddings of the last map scored, which the next head's curves reuse when its masks are the same (the map
-    of a method that reads neither head nor class, random and rollout: ~11 % of notebook 03's masked passes)."""
+    of a method that reads neither head nor class, random and rollout: ~9 % of notebook 03's masked passes)."""
 
     full: torch.Tensor
     empty: torch.Tensor
