@@ -139,6 +139,21 @@ def test_seeds_make_the_three_trainings_reproducible(bb, trained):
     assert _same(i10.expl_head, i3.expl_head) and _same(i10.backbone, bb)
 
 
+def test_training_does_not_depend_on_the_global_random_state():
+    """A backbone with stochastic depth (the tiny Swin, as timm's Swin-B: drop-path 0.1) draws in train mode; the
+    draws come from each step's own seed, not from whatever state earlier work left the process in."""
+    sw = tiny_backbone("swin")
+    assert any(getattr(m, "drop_prob", 0) > 0 for m in sw.modules())  # the draws this test is about
+    src = _data(24, 10, 0)
+    models = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        m = xvec.build_model(sw, 10, CFG, 0)
+        xvec.train_model(m, src, CFG, 0)
+        models.append(m)
+    assert _same(*models)
+
+
 def test_prediction_only_training_leaves_the_explanation_head(bb, trained):
     a, _, c, *_ = trained
     init = xvec.build_model(bb, 10, CFG, 0)
@@ -222,6 +237,9 @@ def test_kernelshap_supervision_is_efficient_for_every_class_and_cached(bb, tmp_
         empty = m(bb.mask(x, torch.zeros(bb.n_players, dtype=torch.bool)))[0]
     assert torch.allclose(phi.sum(-1), full - empty, atol=1e-4)
     assert torch.equal(phi, xvec.kernelshap_supervision(m, ds, idx, budget=160, seed=0, images_per_chunk=2))
+    # an image's values do not depend on the chunk it falls in (image 4: alone at 2 per chunk, with 0 and 2 at 3)
+    torch.testing.assert_close(phi, xvec.kernelshap_supervision(m, ds, idx, budget=160, seed=0, images_per_chunk=3),
+                               atol=1e-5, rtol=1e-4)
     # cached with its settings: reused as is, recomputed when a setting or the model changes
     path = tmp_path / "sup.pt"
     p1, s1 = cached_supervision(path, m, ds, idx, 160, 0)

@@ -249,33 +249,46 @@ def train_model(model: SelfExplainingModel, data: ImageSet, cfg: XVecConfig, see
     sup_order = batch_order(n_sup, cfg.steps, cfg.batch_size, seed + 1) if explain and phi_pos is not None else None
     log = _TrainLog(cfg.steps, explain)
     model.train()
-    for step, b in enumerate(tqdm(order, desc="xvec training", disable=not progress, leave=False)):
-        raw, y, _ = data.get(idx[b])
-        x = model.backbone.normalize(raw.to(device))
-        y = y.to(device)
-        logits, vec = model(x)
-        ce = F.cross_entropy(logits, y)
-        loss, ex = ce, torch.zeros(())
-        if explain:
-            w = model.cls_head.weight.detach()  # the explanation must live in the shared parameters
-            if sup_order is None:
-                ex = explanation_loss(vec, w, phi[b].to(device), scale)
-            else:
-                sb = sup_order[step]
-                xs = model.backbone.normalize(data.get(idx[phi_pos[sb]])[0].to(device))
-                ex = explanation_loss(model(xs)[1], w, phi[sb].to(device), scale)
-            loss = ce + w_expl * ex
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        log.add(step, ce, ex, logits, y)
+    # a backbone with stochastic depth (timm's Swin-B: drop-path 0.1) draws in train mode: from a generator seeded
+    # per step, not from whatever state the process is in, so (a)-(d) see the same draws for the same step
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for step, b in enumerate(tqdm(order, desc="xvec training", disable=not progress, leave=False)):
+            torch.manual_seed(seed * 1_000_003 + step)
+            _train_step(model, data, idx, b, step, opt, sched, log, phi, phi_pos, sup_order, w_expl, scale, explain)
     model.eval().requires_grad_(False)
     return log.rows
 
 
+def _train_step(model: SelfExplainingModel, data: ImageSet, idx: torch.Tensor, b: torch.Tensor, step: int, opt,
+                sched, log: _TrainLog, phi: torch.Tensor | None, phi_pos: torch.Tensor | None,
+                sup_order: torch.Tensor | None, w_expl: float, scale: float, explain: bool) -> None:
+    """One optimiser step of `train_model` on the prediction batch ``b`` (and its supervised batch)."""
+    device = model.backbone.mean.device
+    raw, y, _ = data.get(idx[b])
+    x = model.backbone.normalize(raw.to(device))
+    y = y.to(device)
+    logits, vec = model(x)
+    ce = F.cross_entropy(logits, y)
+    loss, ex = ce, torch.zeros(())
+    if explain:
+        w = model.cls_head.weight.detach()  # the explanation must live in the shared parameters
+        if sup_order is None:
+            ex = explanation_loss(vec, w, phi[b].to(device), scale)
+        else:
+            sb = sup_order[step]
+            xs = model.backbone.normalize(data.get(idx[phi_pos[sb]])[0].to(device))
+            ex = explanation_loss(model(xs)[1], w, phi[sb].to(device), scale)
+        loss = ce + w_expl * ex
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    log.add(step, ce, ex, logits, y)
+
+
 # ----------------------------------------------------------------------------- supervision
-SUPERVISION_ESTIMATOR = "kernel_shap: paired Shapley-kernel coalitions, exact efficiency, logits of all classes"
+SUPERVISION_ESTIMATOR = ("kernel_shap: paired Shapley-kernel coalitions, one set for every image, exact efficiency, "
+                         "logits of all classes")
 
 
 @torch.no_grad()
@@ -284,25 +297,24 @@ def kernelshap_supervision(model: SelfExplainingModel, data: ImageSet, idx: torc
                            progress: bool = False) -> torch.Tensor:
     """KernelSHAP values ``[N, C, P]`` of ``model``'s logits for every class, on ``data[idx]``.
 
-    Players are the backbone's grid; ``budget`` coalitions per image (plus the full and the
-    empty image), drawn afresh for every chunk of images from a generator seeded with ``seed``
-    and shared by the images of a chunk (one batched model call per chunk). One constrained
-    regression per image serves all classes (`tve_lib.shapley.kernel_shap`).
+    Players are the backbone's grid; ``budget`` coalitions (plus the full and the empty image), drawn once from a
+    generator seeded with ``seed`` and shared by every image, as the KernelSHAP explainer does, so an image's values
+    do not depend on the chunk it is computed in (one batched model call per chunk). One constrained regression per
+    image serves all classes (`tve_lib.shapley.kernel_shap`).
     """
     idx = torch.as_tensor(idx, dtype=torch.long)
     device = model.backbone.mean.device
     p = model.backbone.n_players
     if budget <= 2 * p:  # fewer samples leave the regression (nearly) singular: useless targets
         raise ValueError(f"KernelSHAP supervision needs a budget > 2 x {p} players, got {budget}")
-    gen = torch.Generator().manual_seed(seed)
+    z = kernel_coalitions(p, budget, torch.Generator().manual_seed(seed), device)
+    ends = torch.stack([torch.ones(p, dtype=torch.bool, device=device),
+                        torch.zeros(p, dtype=torch.bool, device=device)])
     out = []
     model.eval()
     for s in tqdm(range(0, len(idx), images_per_chunk), desc="KernelSHAP supervision", disable=not progress,
                   leave=False):
         x = model.backbone.normalize(data.get(idx[s:s + images_per_chunk])[0].to(device))
-        z = kernel_coalitions(p, budget, gen, device)
-        ends = torch.stack([torch.ones(p, dtype=torch.bool, device=device),
-                            torch.zeros(p, dtype=torch.bool, device=device)])
         emb = masked_embeddings(model.backbone, x, torch.cat([ends, z]), batch_size)
         v = model.cls_head(emb)  # [B, 2 + M, C] logits
         phi = kernel_shap(z, v[:, 2:], v[:, 1], v[:, 0])  # [B, P, C]
