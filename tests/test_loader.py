@@ -38,7 +38,9 @@ def test_generated_jpegs_are_deterministic_and_resume(tmp_path):
 def test_workers_deliver_the_same_batches_in_order(jpeg_set, workers):
     batches = [torch.tensor([5, 0, 17]), torch.tensor([29, 3]), torch.tensor([11])]
     ref = [jpeg_set.get(b) for b in batches]
+    state = torch.get_rng_state()
     got = list(load_batches(jpeg_set, batches, workers=workers))
+    assert torch.equal(torch.get_rng_state(), state)  # loading draws nothing from the global stream
     assert len(got) == len(ref)
     for (x, y, m), (rx, ry, _) in zip(got, ref):
         assert torch.equal(x, rx) and torch.equal(y, ry) and m is None

@@ -227,6 +227,8 @@ def iter_batches(ds: ImageSet, batch_size: int, indices: torch.Tensor | None = N
     file-backed set decodes in its ``workers`` processes (`tve_lib.loader.load_batches`)."""
     idx = torch.arange(len(ds)) if indices is None else torch.as_tensor(indices)
     if shuffle:
+        if generator is None:  # an order drawn from the global state could not be reproduced from the run's seed
+            raise ValueError("iter_batches(shuffle=True) needs a seeded generator")
         idx = idx[torch.randperm(len(idx), generator=generator)]
     yield from load_batches(ds, [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)])
 

@@ -87,7 +87,9 @@ def load_batches(ds: ImageSet, batches: Sequence[torch.Tensor], workers: int | N
             yield ds.get(b)
         return
     pin = pin_memory and torch.accelerator.is_available()  # as DataLoader: no accelerator, nothing to pin
+    # its own generator: a DataLoader otherwise draws its workers' base seed from the global stream, so loading
+    # would move every later unseeded draw (the workers decode only; they draw nothing)
     dl = DataLoader(_Items(ds), batch_sampler=[b.tolist() for b in batches], num_workers=w,
-                    collate_fn=_collate, prefetch_factor=4)
+                    collate_fn=_collate, prefetch_factor=4, generator=torch.Generator())
     for x, y, m in dl:  # pinned after the conversion, not before: the float batch is what a step copies
         yield _to_float(x, pin), y.pin_memory() if pin else y, m

@@ -68,7 +68,7 @@ def curve_panels(curves: pd.DataFrame, metric: str = "fid_plus", head: str = "li
     d["is_tve"] = d.label.eq("tve").map({True: "TVE", False: "baseline"})
     g = sns.relplot(data=d, x="sparsity", y="value", hue="label", hue_order=order, palette=method_palette(order),
                     size="is_tve", sizes={"TVE": 3.0, "baseline": 1.2}, col="task", row="backbone",
-                    kind="line", marker="o", markersize=3, height=2.6, aspect=1.2,
+                    kind="line", marker="o", markersize=3, height=2.6, aspect=1.2, seed=0,
                     facet_kws={"sharey": False})
     xlab = "sparsity s" if metric.startswith("fid") else "fraction of players removed / inserted"
     g.set_axis_labels(xlab, CURVE_YLABEL.get(metric, metric))
@@ -130,7 +130,7 @@ def scaling_curve(scaling: pd.DataFrame, target: float | None = None) -> plt.Fig
         if col not in d:
             ax.axis("off")
             continue
-        sns.lineplot(data=d, x="pretrain_seconds", y=col, hue="budget", style=style, marker="o", ax=ax)
+        sns.lineplot(data=d, x="pretrain_seconds", y=col, hue="budget", style=style, marker="o", ax=ax, seed=0)
         if target is not None:
             ax.axhline(target, ls="--", c="gray")
         ax.set(xscale="log", xlabel="pre-training seconds (targets included, log)", ylabel="transfer Spearman",

@@ -42,7 +42,7 @@ def comparison_figure(summary: pd.DataFrame, metrics: tuple[str, ...] = ("fid_pl
     d["label"] = _labels(d)
     d["setting"] = d.backbone + " / " + d.task
     g = sns.catplot(data=d, x="value", y="setting", hue="label", col="metric", kind="bar", col_wrap=2,
-                    height=3.2, aspect=1.3, sharex=False)
+                    height=3.2, aspect=1.3, sharex=False, seed=0)
     for ax in g.axes.flat:
         for bar_group, lab in zip(ax.containers, d.label.unique()):  # hue order = order of appearance
             if "test_metric" in lab:
@@ -60,10 +60,10 @@ def trajectory_figure(traj: pd.DataFrame):
     d = traj.copy()
     d["setting"] = d.backbone + " / " + d.task
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    sns.lineplot(data=d, x="step", y="loss", hue="setting", ax=axes[0])
+    sns.lineplot(data=d, x="step", y="loss", hue="setting", ax=axes[0], seed=0)
     axes[0].legend(fontsize=6, ncol=2)
     axes[0].set_title("training loss (mean over images)")
-    sns.lineplot(data=d, x="step", y="pos_auc", hue="setting", ax=axes[1], legend=False)
+    sns.lineplot(data=d, x="step", y="pos_auc", hue="setting", ax=axes[1], legend=False, seed=0)
     axes[1].set_title("POS-AUC with the label (lower is better)")
     long = d.melt(id_vars=["step", "setting"], value_vars=[c for c in d if c.startswith("selected_")],
                   var_name="selection", value_name="share")

@@ -98,7 +98,7 @@ def operator_figure(ops: pd.DataFrame, agreement: pd.DataFrame, head: str = "lin
         axes[i, 0].tick_params(axis="x", rotation=30)
         with seaborn_boxes():
             sns.boxplot(data=ag[ag.metric == metric], x="kendall_tau", y="pair", ax=axes[i, 1], color="0.8")
-        sns.stripplot(data=ag[ag.metric == metric], x="kendall_tau", y="pair", ax=axes[i, 1], size=3)
+        sns.stripplot(data=ag[ag.metric == metric], x="kendall_tau", y="pair", ax=axes[i, 1], size=3, jitter=False)
         axes[i, 1].set(xlim=(-1.05, 1.05), xlabel="Kendall τ of method rankings", ylabel="")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     for ax in axes[:, 0]:

@@ -41,7 +41,7 @@ def accuracy_bars(df: pd.DataFrame) -> plt.Figure:
 
     d = df[df.split == "test"].copy()
     d["model"] = d["task"] + " / " + d["head"]
-    g = sns.catplot(data=d, x="accuracy", y="model", hue="backbone", kind="bar", height=4, aspect=1.6)
+    g = sns.catplot(data=d, x="accuracy", y="model", hue="backbone", kind="bar", height=4, aspect=1.6, seed=0)
     g.ax.axvline(HEAD_ACCURACY_OK, ls="--", c="gray", lw=1)
     g.ax.set_xlim(0, 1)
     g.ax.set_title(f"test accuracy (dashed: {HEAD_ACCURACY_OK:g} target for heads)")
@@ -54,6 +54,6 @@ def loss_curves(df: pd.DataFrame, x: str = "epoch", hue: str = "split", col: str
     long = df.melt(id_vars=[c for c in df.columns if c not in ys], value_vars=list(ys),
                    var_name="branch", value_name="loss")
     g = sns.relplot(data=long, x=x, y="loss", hue=hue, style="branch", col=col, kind="line",
-                    marker="o", height=3, facet_kws={"sharey": False})
+                    marker="o", height=3, facet_kws={"sharey": False}, seed=0)
     g.set(yscale="log")
     return g.figure

@@ -35,7 +35,7 @@ def throughput_bars(df: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 0.35 * len(order) + 1.8), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         ds = d[d["size"] == size]
-        sns.barplot(data=ds, y="label", x="images_per_s", hue="backbone", order=order, ax=ax, orient="h")
+        sns.barplot(data=ds, y="label", x="images_per_s", hue="backbone", order=order, ax=ax, orient="h", seed=0)
         ax.set_xscale("log")
         bs = int(ds.batch_size.iloc[0])
         ax.set_title(f"{size} size, batch {bs}")
@@ -57,7 +57,8 @@ def batch_scaling(df: pd.DataFrame) -> plt.Figure:
     d = _panels(_labelled(df[df.n_tasks == 1]))
     g = sns.relplot(data=d, x="batch_size", y="images_per_s", hue="label", style="estimated",
                     markers={False: "o", True: "X"}, dashes={False: "", True: (2, 2)}, col="panel", col_wrap=3,
-                    kind="line", height=3, aspect=1.1, palette="tab20", facet_kws={"sharey": False, "sharex": False})
+                    kind="line", height=3, aspect=1.1, palette="tab20", facet_kws={"sharey": False, "sharex": False},
+                    seed=0)
     g.set(xscale="log", yscale="log")
     for name, ax in g.axes_dict.items():
         sizes = sorted(d[d.panel == name].batch_size.unique())
@@ -76,7 +77,7 @@ def task_scaling(df: pd.DataFrame) -> plt.Figure:
     d = _panels(d)
     g = sns.relplot(data=d, x="n_tasks", y="relative_cost", hue="label", style="estimated", col="panel", col_wrap=3,
                     kind="line", markers={False: "o", True: "X"}, dashes={False: "", True: (2, 2)}, height=3,
-                    aspect=1.0)
+                    aspect=1.0, seed=0)
     n_max = int(d.n_tasks.max()) if len(d) else 1
     for ax in g.axes.flat:
         ax.axhline(TARGETS["tve_tasks_cost"], ls="--", c="gray", lw=1)
