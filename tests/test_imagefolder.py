@@ -81,6 +81,28 @@ def test_a_class_without_readable_images_is_an_error(tmp_path):
         scan_imagefolder(root)
 
 
+def test_folder_layouts_a_head_could_not_learn_from_are_errors(tmp_path, smoke):
+    """Split folders taken for classes (train/ + val/), one class, or a class missing from a split: refused when the
+    task is made, saying what was expected, before any head is trained on it."""
+    _folder(tmp_path / "trainval" / "train")
+    _folder(tmp_path / "trainval" / "val")
+    with pytest.raises(ValueError, match=r"has train/ but no test/ \(found: val/\); expected .*/train/<class>/"):
+        data_mod.make_folder_task(tmp_path / "trainval", smoke)
+    for split in ("val", "validation"):  # no train/ or test/, but split folders all the same
+        _folder(tmp_path / "splits" / split)
+    with pytest.raises(ValueError, match=r"class folders are \['val', 'validation'\], split names"):
+        data_mod.make_folder_task(tmp_path / "splits", smoke)
+    one = tmp_path / "one"
+    _folder(one)
+    shutil.rmtree(one / "dog")
+    with pytest.raises(ValueError, match=r"needs at least 2 class sub-folders, found \['cat'\]"):
+        data_mod.make_folder_task(one, smoke)
+    tiny = _folder(tmp_path / "tiny", n=1)  # one image per class: 70/30 leaves a class out of a split
+    with pytest.raises(ValueError, match=r"have no image in the (train|test) split"):
+        data_mod.make_folder_task(tiny, smoke)
+    assert data_mod.make_folder_task(_folder(tmp_path / "fine"), smoke).classes == ["cat", "dog"]
+
+
 def test_checks_are_cached_by_fingerprint(tmp_path, monkeypatch):
     import tve_lib.imagefolder as imf
 

@@ -313,6 +313,12 @@ def make_folder_task(path: str | Path, profile: Profile, seed: int = 0, cache_di
     the same CSVs from any checkout); ``Task.skipped`` lists the unreadable files left out.
     """
     path = Path(path)
+    if (path / "train").is_dir() != (path / "test").is_dir():
+        have, lack = ("train", "test") if (path / "train").is_dir() else ("test", "train")
+        others = sorted(p.name + "/" for p in path.iterdir() if p.is_dir() and p.name not in (have, lack))
+        raise ValueError(f"{path}: has {have}/ but no {lack}/" + (f" (found: {', '.join(others)})" if others else "")
+                         + f"; expected {path}/train/<class>/... and {path}/test/<class>/..., or one folder of "
+                         "class sub-folders (split 70/30)")
     if (path / "train").is_dir() and (path / "test").is_dir():
         tr = _imagefolder("folder", path / "train", profile.img_size, cache_dir)
         te = _imagefolder("folder", path / "test", profile.img_size, cache_dir)
@@ -323,12 +329,31 @@ def make_folder_task(path: str | Path, profile: Profile, seed: int = 0, cache_di
                   [dict(s, file=f"test/{s['file']}") for s in te.skipped]
         for ds in (tr, te):
             ds.name, ds.workers = name, profile.data_workers
-        return Task(name, tr, te, tr.classes, skipped)
+        return _checked_folder_task(path, Task(name, tr, te, tr.classes, skipped))
     full = _imagefolder("folder", path, profile.img_size, cache_dir)
     full.name = name = f"folder:{path.name}@{full.fingerprint[:8]}"
     full.workers = profile.data_workers
     a, b = _split(len(full), int(0.7 * len(full)), np.random.default_rng(seed))
-    return Task(name, full.subset(a), full.subset(b), full.classes, full.skipped)
+    return _checked_folder_task(path, Task(name, full.subset(a), full.subset(b), full.classes, full.skipped))
+
+
+SPLIT_NAMES = {"train", "test", "val", "valid", "validation"}
+
+
+def _checked_folder_task(path: Path, task: Task) -> Task:
+    """``task``, or a clear error where a head trained on it could not mean anything: fewer than two classes, class
+    folders that are split folders (``train/`` + ``val/``), or a class with no image on one side of the split."""
+    if set(task.classes) <= SPLIT_NAMES:
+        raise ValueError(f"{path}: its class folders are {task.classes}, split names; expected {path}/train/<class>/"
+                         f"... and {path}/test/<class>/..., or one folder of class sub-folders (split 70/30)")
+    if len(task.classes) < 2:
+        raise ValueError(f"{path}: an ImageFolder task needs at least 2 class sub-folders, found {task.classes}")
+    for side, ds in (("train", task.train), ("test", task.test)):
+        missing = sorted(set(range(len(task.classes))) - set(ds.labels.tolist()))
+        if missing:
+            raise ValueError(f"{path}: class(es) {[task.classes[i] for i in missing]} have no image in the {side} "
+                             f"split ({len(ds)} images); add images, or give train/ and test/ folders")
+    return task
 
 
 TASKS = {"fashion_binary": make_fashion_binary, "digits": make_digits,
