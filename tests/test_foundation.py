@@ -362,6 +362,23 @@ def test_suite_resolves_device_and_paths(tmp_path, monkeypatch):
         Suite("smoke", results_dir=str(tmp_path), device="cuda")
 
 
+def test_a_mistyped_tve_setting_fails_before_pretraining(tmp_path, monkeypatch):
+    """A typo in a transfer setting used to surface after pre-training (and then blamed the cache); a fastshap
+    keyword it does not take was dropped silently."""
+    s = Suite("smoke", results_dir=str(tmp_path), device="cpu")
+
+    def no_training(*a, **k):
+        raise AssertionError("pre-training started before the settings were checked")
+
+    monkeypatch.setattr(Suite, "pretrained_tve", no_training)
+    with pytest.raises(TypeError, match=r"unknown TVE setting\(s\) \['lam_plsu'\]; expected some of: lam_plus"):
+        s.make_explainer("tve", "vit", lam_plsu=2.0)
+    with pytest.raises(TypeError, match="TVE's lam_plus takes a number, got 'a'"):
+        s.explainer("vit", lam_plus="a")
+    with pytest.raises(TypeError, match=r"fastshap takes task=, head=, eval_images=; got \['hed'\]"):
+        s.make_explainer("fastshap", "vit", task="digits", hed="mlp")
+
+
 def test_backbone_wrapper_validates_raw_images():
     bb: Backbone = tiny_backbone("swin")
     with pytest.raises(ValueError, match="expected raw images"):

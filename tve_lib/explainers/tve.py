@@ -12,6 +12,8 @@ targets, online drawn windows) in `tve_lib.explainers.tve_train`; both are re-ex
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -61,6 +63,21 @@ def window_occlusion(backbone: Backbone, head: nn.Module, x: torch.Tensor, targe
     return transfer_rule(ek, er, head, target).view(len(x), g, g)
 
 
+#: TVE's transfer settings (λ⁺, λ⁻, pooling, the paper's last-layer rule), the constructor's keyword arguments
+TRANSFER_SETTINGS = ("lam_plus", "lam_minus", "pool", "last_layer_only")
+
+
+def check_transfer_settings(transfer: dict) -> None:
+    """Keyword arguments meant for `TVE`'s transfer settings: a clear error for an unknown name or a λ that is not a
+    number, before a caller pre-trains anything."""
+    unknown = sorted(set(transfer) - set(TRANSFER_SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown TVE setting(s) {unknown}; expected some of: {', '.join(TRANSFER_SETTINGS)}")
+    for k in ("lam_plus", "lam_minus"):
+        if k in transfer and (isinstance(transfer[k], bool) or not isinstance(transfer[k], numbers.Real)):
+            raise TypeError(f"TVE's {k} takes a number, got {transfer[k]!r}")
+
+
 # ----------------------------------------------------------------------------- explainer
 @register_explainer
 class TVE(Explainer):
@@ -74,6 +91,7 @@ class TVE(Explainer):
     def __init__(self, backbone: Backbone, model: TVEModel, radius: int, lam_plus: float = 1.0,
                  lam_minus: float = 1.0, pool: bool = False, last_layer_only: bool = False):
         super().__init__(backbone)
+        check_transfer_settings(dict(lam_plus=lam_plus, lam_minus=lam_minus))
         if model.embed_dim != backbone.embed_dim or model.grid != backbone.grid:
             raise ValueError(f"explainer predicts {model.embed_dim}-dim embeddings on a {model.grid} grid "
                              f"but backbone {backbone.name} has {backbone.embed_dim} on {backbone.grid}")

@@ -25,6 +25,7 @@ from ..cache import ItemCache, cached, digest, file_safe, load_or_train
 from ..config import Profile, env_overrides, get_profile
 from ..explainers import explainer_class, make_explainer
 from ..explainers.base import Explainer
+from ..explainers.tve import check_transfer_settings
 from ..explainers.tve_model import TAPPED_ARCHS
 from ..heads import HEAD_KINDS, head_accuracy, train_head
 from ..io import load_torch, provenance, write_csv, write_json
@@ -263,6 +264,7 @@ class Suite:
         ``cfg`` overrides the profile's TVEConfig (ablations); ``train_subset`` uses that
         fraction of the upstream images; ``transfer`` sets λ⁺, λ⁻, pool, last_layer_only.
         """
+        check_transfer_settings(transfer)  # before pre-training, which a typo would otherwise wait for
         cfg = cfg or self.profile.tve
         if train_subset < 1.0:
             import dataclasses
@@ -335,6 +337,8 @@ class Suite:
 
             if task is None:
                 raise TypeError("fastshap needs task= (and head=, the head kind it explains)")
+            if set(kw) - {"eval_images"}:
+                raise TypeError(f"fastshap takes task=, head=, eval_images=; got {sorted(set(kw) - {'eval_images'})}")
             return obtain_amortized(self, backbone, task, (head,), kw.get("eval_images"))[head]
         params = inspect.signature(cls.__init__).parameters
         ev = self.profile.eval
