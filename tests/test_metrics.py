@@ -40,10 +40,17 @@ def test_auc_is_normalised_trapezoid():
 
 
 def test_curve_grids_reject_bad_input():
-    with pytest.raises(ValueError, match="sparsities must lie in"):
-        M.curve_grids((0.0, 1.0), (0.0,), 4)
-    with pytest.raises(ValueError, match="deletion_steps"):
-        M.curve_grids((0.0,), (0.0,), 0)
+    for bad in ((0.0, 1.0), (0.5,), (0.3, 0.3), (0.0, float("nan")), 0.5):
+        with pytest.raises(ValueError, match=r"sparsities must be at least 2 distinct fractions in \[0, 1\)"):
+            M.curve_grids(bad, (0.0, 0.5), 4)
+    with pytest.raises(ValueError, match=r"perturbation_steps must be at least 2 distinct fractions in \[0, 1\]"):
+        M.curve_grids((0.0, 0.5), (0.0, 1.5), 4)
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="deletion_steps must be a whole number >= 1"):
+            M.curve_grids((0.0, 0.5), (0.0, 0.5), bad)
+    # the same rule when a profile is made: not after its explainers are trained
+    with pytest.raises(ValueError, match="sparsities must be at least 2 distinct"):
+        get_profile("smoke", {"eval.sparsities": [0.5]})
     bb, h = toy_backbone(), linear_head()
     with pytest.raises(ValueError, match="64 players"):
         M.perturbation_curves(bb, h, images(2), torch.zeros(2, 7, 7))
@@ -151,9 +158,9 @@ def test_a_shared_curve_base_gives_the_same_curves_and_checks_its_images():
         M.perturbation_curves(bb, h, x, torch.zeros(5, 8, 8), base=base)
     passes, embed = [], bb.embed
     bb.embed = lambda z: passes.append(len(z)) or embed(z)  # count the images the backbone sees
-    M.perturbation_curves(bb, h, x, torch.zeros(5, 8, 8), None, (0.0, 0.5), (0.0,), 1, base=base)
+    M.perturbation_curves(bb, h, x, torch.zeros(5, 8, 8), None, (0.0, 0.5), (0.0, 0.5), 1, base=base)
     with_base = sum(passes)
-    M.perturbation_curves(bb, h, x, torch.zeros(5, 8, 8), None, (0.0, 0.5), (0.0,), 1)
+    M.perturbation_curves(bb, h, x, torch.zeros(5, 8, 8), None, (0.0, 0.5), (0.0, 0.5), 1)
     assert sum(passes) - with_base == with_base + 2 * 5  # the full and the fully removed images
 
 

@@ -39,6 +39,7 @@ from .backbones import Backbone
 from .heads import check_targets, head_logits
 from .masking import MASKED_BATCH, top_k_mask
 from .schema import AUC_NAMES, CURVE_METRICS, DIRECTION  # noqa: F401  (the summary.csv vocabulary)
+from .settings import check_curve_axes
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -128,14 +129,12 @@ def curve_grids(sparsities: Sequence[float], perturbation_steps: Sequence[float]
                 deletion_steps: int) -> dict[str, list[float]]:
     """The x values of every curve in ``CURVE_METRICS``: sparsities for Fidelity±, the removed
     fractions for POS/NEG, ``deletion_steps + 1`` even fractions in [0, 1] for deletion/insertion."""
+    def seq(xs):  # a list, a tuple, an array: checked as a tuple of numbers
+        return tuple(float(x) for x in xs) if hasattr(xs, "__len__") and not isinstance(xs, str) else xs
+
+    check_curve_axes(seq(sparsities), seq(perturbation_steps), deletion_steps)
     sp = sorted(float(s) for s in sparsities)
-    if not sp or sp[0] < 0 or sp[-1] >= 1:
-        raise ValueError(f"sparsities must lie in [0, 1), got {tuple(sparsities)}")
     steps = sorted(float(s) for s in perturbation_steps)
-    if not steps or steps[0] < 0 or steps[-1] > 1:
-        raise ValueError(f"perturbation_steps must lie in [0, 1], got {tuple(perturbation_steps)}")
-    if deletion_steps < 1:
-        raise ValueError(f"deletion_steps must be >= 1, got {deletion_steps}")
     dele = [i / deletion_steps for i in range(deletion_steps + 1)]
     return {"fid_plus": sp, "fid_minus": sp, "pos": steps, "neg": steps, "deletion": dele, "insertion": dele}
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +98,21 @@ class TVEConfig:
     n_heldout: int = 512
 
 
+def check_curve_axes(sparsities, perturbation_steps, deletion_steps) -> None:
+    """The x axes of the perturbation curves: at least two distinct finite fractions each (an AUC needs two points),
+    sparsities in [0, 1), POS/NEG steps in [0, 1], and a whole number of deletion steps >= 1; a clear error naming
+    the field otherwise, when the profile is made rather than after the explainers are trained."""
+    for name, xs, hi_open in (("sparsities", sparsities, True), ("perturbation_steps", perturbation_steps, False)):
+        ok = isinstance(xs, (tuple, list)) and all(isinstance(x, numbers.Real) and not isinstance(x, bool)
+                                                    and math.isfinite(x) for x in xs)
+        if not ok or len(set(xs)) < 2 or len(set(xs)) != len(xs) or min(xs) < 0 \
+                or (max(xs) >= 1 if hi_open else max(xs) > 1):
+            raise ValueError(f"{name} must be at least 2 distinct fractions in [0, 1{')' if hi_open else ']'} (the "
+                             f"AUC's x axis), got {xs!r}")
+    if isinstance(deletion_steps, bool) or not isinstance(deletion_steps, numbers.Integral) or deletion_steps < 1:
+        raise ValueError(f"deletion_steps must be a whole number >= 1, got {deletion_steps!r}")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     n_transfer: int = 100
@@ -129,6 +146,9 @@ class EvalConfig:
     ablation_images: int = 300
     ablation_n_images: int = 100  # test images per task for the ablation metrics
     ablation_radii: tuple[int, ...] = (-1, 0, 1, 2)  # the radius variants: offsets from the reference radius
+
+    def __post_init__(self) -> None:
+        check_curve_axes(self.sparsities, self.perturbation_steps, self.deletion_steps)
 
 
 @dataclass(frozen=True)
