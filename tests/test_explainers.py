@@ -304,3 +304,16 @@ def test_gradcam_equals_the_map_computed_by_hand(name):
         want = cam.clamp_min(0) if relu else cam
         torch.testing.assert_close(GradCAM(bb, relu=relu).explain(x, head, t), want, atol=1e-5, rtol=1e-4)
     assert (cam < 0).any()  # so the ReLU'd and the signed maps differ: both are checked
+
+
+def test_explain_heads_checks_its_lists_before_any_pass():
+    bb = tiny_backbone("vit")
+    e, hs, x = make_explainer("occlusion", bb), heads_for(bb), images(4)
+    with pytest.raises(TypeError, match="heads must be a list of heads"):
+        explain_heads(e, x, hs[0])
+    with pytest.raises(ValueError, match=r"1 targets for 2 heads: give a list of one target \(or None\) per head"):
+        explain_heads(e, x, hs, [None])
+    with pytest.raises(ValueError, match="Tensor for 2 heads"):
+        explain_heads(e, x, hs, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"one per image \(\[4\]\), got shape \(3,\)"):
+        explain_heads(e, x, hs, [torch.tensor([0, 1, 2]), None])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..heads import check_targets
 from . import amortized, gradient, ltx, rollout, sampling, simple, tve, xvec  # noqa: F401  (register)
 from .base import Explainer
 from .registry import explainer_class, make_explainer, register_explainer, registered, supports
@@ -36,7 +37,13 @@ def explain_heads(explainer: Explainer, images: torch.Tensor, heads: list[nn.Mod
     ``batch_size`` chunks the images (bounds memory for gradient methods; results do not depend
     on it). Targets default to each head's prediction on the full image.
     """
-    targets = targets or [None] * len(heads)
+    if not isinstance(heads, (list, tuple)):
+        raise TypeError(f"heads must be a list of heads (one per downstream task), got {type(heads).__name__}")
+    if targets is not None and (not isinstance(targets, (list, tuple)) or len(targets) != len(heads)):
+        got = f"{len(targets)} targets" if isinstance(targets, (list, tuple)) else type(targets).__name__
+        raise ValueError(f"{got} for {len(heads)} heads: give a list of one target (or None) per head")
+    targets = [None if t is None else check_targets(t, len(images), h) for t, h in zip(targets or [None] * len(heads),
+                                                                                         heads)]
     n = len(images)
     step = batch_size or n
     outs: list[list[torch.Tensor]] = [[] for _ in heads]
