@@ -379,6 +379,21 @@ def test_a_mistyped_tve_setting_fails_before_pretraining(tmp_path, monkeypatch):
         s.make_explainer("fastshap", "vit", task="digits", hed="mlp")
 
 
+def test_the_runner_refuses_a_bad_device_or_notebook_list_before_it_starts(tmp_path, capsys, monkeypatch):
+    """An empty --only ran every notebook; a device torch cannot name, or CUDA on a machine without it, gave a raw
+    traceback after the results folder was made."""
+    from tve_lib import runner
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for args, msg in ((["--only"], "expected at least one argument"),
+                      (["--device", "gpu"], "DEVICE='gpu': expected 'auto', 'cpu', 'cuda'"),
+                      (["--device", "cuda"], "CUDA is not available"), (["--only", "99"], "no notebook matches")):
+        with pytest.raises(SystemExit):
+            runner.main(["--profile", "smoke", "--results-dir", str(tmp_path / "r"), *args])
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_backbone_wrapper_validates_raw_images():
     bb: Backbone = tiny_backbone("swin")
     with pytest.raises(ValueError, match="expected raw images"):

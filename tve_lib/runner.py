@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true",
                     help="paper profile only: true model sizes, random weights, generated data, a handful of "
                          "images -> results/paper-dry/")
-    ap.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 00 03")
+    ap.add_argument("--only", nargs="+", help="notebook number prefixes, e.g. 00 03")
     ap.add_argument("--keep-going", action="store_true")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--figures-only", action="store_true")
@@ -147,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:  # every notebook's Suite reads them (`tve_lib.studies.suite.env_overrides`)
             os.environ[var] = value
     only = [FIGURES_NOTEBOOK] if a.figures_only else a.only
+    from .studies.suite import resolve_device  # the device and notebooks checked before the results folder is made
+
+    try:
+        resolve_device(a.device)
+        notebook_list(only)
+    except (RuntimeError, SystemExit) as e:
+        ap.error(str(e))
     if a.dry_run or a.profile == "paper-dry-tiny":
         if a.profile not in ("paper", "paper-dry-tiny"):
             ap.error("--dry-run is a dry run of the paper profile: use --profile paper --dry-run")

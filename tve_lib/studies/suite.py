@@ -49,9 +49,16 @@ def resolve_device(device: str) -> torch.device:
     """'auto' -> cuda when available else cpu; any other string as torch.device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        d = None
+    if d is None or d.type not in ("cpu", "cuda", "mps"):
+        raise RuntimeError(f"DEVICE={device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:<i>' or 'mps'")
     if d.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"DEVICE={device!r} but CUDA is not available; use 'cpu' or 'auto'")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"DEVICE={device!r} but MPS is not available; use 'cpu' or 'auto'")
     return d
 
 
