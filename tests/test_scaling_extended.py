@@ -45,6 +45,11 @@ def test_cli_rejects_budgets_the_upstream_set_cannot_fill(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--profile", "smoke", "--results-dir", str(tmp_path)])
     assert "name at least one budget" in capsys.readouterr().err
+    for args, msg in ((["--profile", "nope"], "unknown profile 'nope'; expected one of: cpu"),
+                      (["--profile", "smoke", "--device", "gpu"], "DEVICE='gpu': expected 'auto'")):
+        with pytest.raises(SystemExit):  # a usage error, not a traceback
+            main([*args, "--dense", "32x1", "--results-dir", str(tmp_path)])
+        assert msg in capsys.readouterr().err
 
 
 def test_extended_finding_names_the_first_budget_meeting_the_target():
@@ -130,7 +135,8 @@ def test_explainer_overrides_parse_strictly_and_keep_their_rows_apart(tmp_path, 
     for bad, msg in (("embed=96", "TVEConfig field"), ("embed_dim", "FIELD=VALUE"),
                      ("embed_dim=wide", "'embed_dim' takes int, got 'wide'"),
                      ("tap_pixels=ture", "'tap_pixels' takes bool"), ("embed_dim=1.5", "takes int"),
-                     ("radius=two", "takes int | None")):
+                     ("radius=two", "takes int | None"), ("sampler=nope", "set by each budget"),
+                     ("epochs=3", "set by each budget")):
         with pytest.raises(ValueError, match=msg):
             parse_overrides([bad])
     with pytest.raises(SystemExit):

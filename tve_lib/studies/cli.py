@@ -29,7 +29,10 @@ def open_suite(ap: argparse.ArgumentParser, a: argparse.Namespace) -> Suite:
     """The Suite the parsed options name, with the thread count set; an unknown backbone is a usage error."""
     if a.threads:
         torch.set_num_threads(a.threads)
-    suite = Suite(a.profile, a.seed, a.device, a.data_dir, a.weights_dir, a.results_dir)
+    try:
+        suite = Suite(a.profile, a.seed, a.device, a.data_dir, a.weights_dir, a.results_dir)
+    except (KeyError, ValueError, RuntimeError) as e:  # an unknown profile, an absent device: usage errors
+        ap.error(str(e.args[0]) if e.args else str(e))
     if a.backbone not in suite.backbone_names:
         ap.error(f"unknown backbone {a.backbone!r}; the {a.profile} profile has: {', '.join(suite.backbone_names)}")
     return suite

@@ -51,6 +51,10 @@ def parse_budget(text: str, parts: int) -> tuple[int, ...]:
     return out
 
 
+#: the TVEConfig fields each budget sets itself (`extended_budgets`); ``centred_weight`` only for the online ones
+BUDGET_FIELDS = ("sampler", "n_images", "epochs", "windows_per_image")
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``["embed_dim=96", "augment=none"]`` -> TVEConfig fields, typed by each field's annotation
     (`config.parse_field`); a clear error for an unknown field or a value of the wrong type."""
@@ -59,6 +63,8 @@ def parse_overrides(items: list[str]) -> dict:
         name, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--tve {item!r}: expected FIELD=VALUE with a TVEConfig field")
+        if name in BUDGET_FIELDS:  # a budget sets these itself: the row would record a value that did not run
+            raise ValueError(f"--tve {item!r}: {name} is set by each budget (--dense / --online), not by --tve")
         try:
             out[name] = parse_field(TVEConfig, name, value)
         except ValueError as e:
