@@ -57,6 +57,17 @@ def test_an_override_of_the_wrong_type_fails_when_the_profile_is_made(key, value
     assert type(sweep.tve.epochs) is int and sweep.tve.residual is False
 
 
+@pytest.mark.parametrize("key, value", [("head_train.epochs", -2), ("head_train.lr", 0.0),
+                                        ("backbone_train.epochs", 0), ("backbone_train.batch_size", -1),
+                                        ("head_train.mlp_hidden", 0)])
+def test_a_count_or_rate_that_is_not_positive_fails_when_the_profile_is_made(key, value):
+    """A head trained for -2 epochs was an untrained head, silently; 0 backbone epochs a scheduler's error."""
+    cls, field = {"head_train": "HeadTrain", "backbone_train": "BackboneTrain"}[key.split(".")[0]], key.split(".")[1]
+    with pytest.raises(ValueError, match=f"{cls}.{field} must be > 0, got {value}"):
+        get_profile("smoke", {key: value})
+    assert get_profile("smoke", {"head_train.mlp_hidden": None}).head_train.mlp_hidden is None
+
+
 def test_a_field_parsed_from_text_is_typed_by_its_annotation():
     """Command-line text (``--tve FIELD=VALUE``) is read as the field's annotation says, as an override is
     checked: the literal where it fits, the text itself for a str field, an error naming the type otherwise."""

@@ -25,6 +25,15 @@ class BackboneSpec:
     pretrained: bool = False  # paper: load pretrained weights (offline); else train on upstream
 
 
+def check_positive(obj: Any, fields: tuple[str, ...]) -> None:
+    """Each of ``obj``'s ``fields`` is a count or size > 0 (or None where the field allows it), or a clear error
+    naming it when the profile is made: a head trained for -2 epochs was an untrained head, silently."""
+    for f in fields:
+        v = getattr(obj, f)
+        if v is not None and not v > 0:
+            raise ValueError(f"{type(obj).__name__}.{f} must be > 0, got {v!r}")
+
+
 @dataclass(frozen=True)
 class BackboneTrain:
     epochs: int = 5
@@ -34,6 +43,9 @@ class BackboneTrain:
     augment: bool = False  # flips and 2-px shifts; off in cpu: 4-5 epochs is too short to profit
     weight_decay: float = 0.05
 
+    def __post_init__(self) -> None:
+        check_positive(self, ("epochs", "n_images", "batch_size", "lr"))
+
 
 @dataclass(frozen=True)
 class HeadTrain:
@@ -42,6 +54,9 @@ class HeadTrain:
     lr: float = 1e-2
     mlp_hidden: int | None = None  # None: the embedding size
     standardize: bool = True  # train on standardised embeddings, folded into the first layer after
+
+    def __post_init__(self) -> None:
+        check_positive(self, ("epochs", "batch_size", "lr", "mlp_hidden"))
 
 
 @dataclass(frozen=True)
