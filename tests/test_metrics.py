@@ -137,6 +137,16 @@ def test_evaluate_maps_is_batch_size_invariant_and_tidy():
     assert inside.all() and s1.value.notna().sum() > len(s1) / 2
     with pytest.raises(ValueError, match="2 maps for 6 images"):
         evaluate_maps(bb, h, x, {"a": torch.zeros(2, 8, 8)}, cfg=cfg)
+    # every method's maps before the first one's passes: a bad second map fails at once
+    passes, embed = [], bb.embed
+    bb.embed = lambda z: passes.append(len(z)) or embed(z)
+    nan = torch.zeros(6, 8, 8)
+    nan[1, 2, 3] = float("nan")
+    for bad, msg in (({"a": maps["a"], "b": torch.zeros(6, 4, 16)}, r"'b': maps must be \[B, 8, 8\]"),
+                     ({"a": maps["a"], "b": nan}, "'b': maps contain NaN"), ([maps["a"]], "maps must be {method")):
+        with pytest.raises((ValueError, TypeError), match=msg):
+            evaluate_maps(bb, h, x, bad, cfg=cfg)
+    assert passes == []
 
 
 def test_a_shared_curve_base_gives_the_same_curves_and_checks_its_images():

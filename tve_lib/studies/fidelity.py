@@ -87,6 +87,7 @@ def evaluate_maps(backbone: Backbone, head: nn.Module, images: torch.Tensor,
     """
     cfg = cfg or EvalConfig()
     meta = dict(meta or {})
+    _check_maps(maps, len(images), backbone.grid)  # every method's, before any pass
     if target is None:
         target = head_logits(head, backbone.embed_batched(images, cfg.masked_batch_size)).argmax(-1)
     else:
@@ -96,8 +97,6 @@ def evaluate_maps(backbone: Backbone, head: nn.Module, images: torch.Tensor,
     curve_rows, summary_rows = [], []
     base = base or M.curve_base(backbone, images, cfg.masked_batch_size)
     for i, (method, amap) in enumerate(maps.items()):
-        if len(amap) != len(images):
-            raise ValueError(f"method {method!r}: {len(amap)} maps for {len(images)} images")
         bud = budget.get(method, 0) if isinstance(budget, Mapping) else budget
         ids = dict(meta, method=method, budget=int(bud))
         c, sm = _score_method(backbone, head, images, amap, target, masks, cfg, shapley, ids, seed, i, per_image,
@@ -105,6 +104,20 @@ def evaluate_maps(backbone: Backbone, head: nn.Module, images: torch.Tensor,
         curve_rows += c
         summary_rows += sm
     return _order(pd.DataFrame(curve_rows), CURVE_COLUMNS), _order(pd.DataFrame(summary_rows), SUMMARY_COLUMNS)
+
+
+def _check_maps(maps: Mapping[str, torch.Tensor], n: int, g: int) -> None:
+    """``maps`` as `evaluate_maps` takes them, ``{method: [n, g, g]}`` (or ``[n, g·g]``), all finite."""
+    if not isinstance(maps, Mapping):
+        raise TypeError(f"maps must be {{method name: [B, G, G] map}}, got {type(maps).__name__}")
+    for method, amap in maps.items():
+        if len(amap) != n:
+            raise ValueError(f"method {method!r}: {len(amap)} maps for {n} images")
+        if tuple(amap.shape[1:]) not in ((g, g), (g * g,)):
+            raise ValueError(f"method {method!r}: maps must be [B, {g}, {g}] (or [B, {g * g}]), "
+                             f"got {tuple(amap.shape)}")
+        if not torch.isfinite(amap).all():
+            raise ValueError(f"method {method!r}: maps contain NaN or inf")
 
 
 def _score_method(backbone: Backbone, head: nn.Module, images: torch.Tensor, amap: torch.Tensor,
