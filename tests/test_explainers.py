@@ -317,3 +317,9 @@ def test_explain_heads_checks_its_lists_before_any_pass():
         explain_heads(e, x, hs, torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"one per image \(\[4\]\), got shape \(3,\)"):
         explain_heads(e, x, hs, [torch.tensor([0, 1, 2]), None])
+
+
+def test_ig_needs_a_whole_number_of_steps():
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="IG's n_steps must be a whole number >= 1"):
+            make_explainer("ig", tiny_backbone("vit"), n_steps=bad)

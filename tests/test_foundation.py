@@ -131,6 +131,17 @@ def test_embed_rejects_wrong_channels_size_and_nans():
     assert bb.normalize(torch.rand(2, 1, 32, 32) * 1.05).shape == (2, 3, 32, 32)  # a resize's overshoot is fine
 
 
+def test_train_head_checks_its_data_before_training():
+    from tve_lib.config import HeadTrain
+
+    cfg, emb = HeadTrain(epochs=1), torch.randn(6, 8)
+    for e, y, msg in ((emb, torch.tensor([0, 1, 2, 0, 1, 5]), r"labels must lie in \[0, 3\), got 0..5"),
+                      (emb, torch.zeros(5, dtype=torch.long), r"embeddings \[N, D\] and labels \[N\]"),
+                      (emb.index_fill(0, torch.tensor([2]), float("nan")), torch.zeros(6, dtype=torch.long), "NaN")):
+        with pytest.raises(ValueError, match=msg):
+            train_head(e, y, "linear", 3, cfg, 0)
+
+
 def test_head_embedding_mismatch_is_reported():
     bb = tiny_backbone("vit")
     check_head(make_head("mlp", bb.embed_dim, 3), bb.embed_dim)

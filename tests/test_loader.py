@@ -148,6 +148,14 @@ def test_weights_that_do_not_fit_the_timm_model_say_so(tmp_path):
     save_file(other.state_dict(), str(tmp_path / f"{spec.timm_name}.safetensors"))
     with pytest.raises(ValueError, match="do not fit timm model"):
         create_model(spec, 10, tmp_path)
+    for name, content in ((f"{spec.timm_name}.safetensors", b"\x00\x01"), (f"{spec.timm_name}.pth", b"<html>")):
+        bad = tmp_path / "bad" / name
+        bad.parent.mkdir(exist_ok=True)
+        for f in bad.parent.iterdir():
+            f.unlink()
+        bad.write_bytes(content)  # a truncated download, a page saved instead of the file
+        with pytest.raises(ValueError, match=f"{name} is not a readable state_dict of {spec.timm_name}"):
+            create_model(spec, 10, bad.parent)
 
 
 def test_generated_paper_layouts_load_as_the_paper_tasks(tmp_path):

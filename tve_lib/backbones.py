@@ -317,13 +317,17 @@ def create_model(spec: BackboneSpec, num_classes: int, weights_dir: str | Path |
     try:
         return timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes,
                                  pretrained_cfg_overlay=dict(file=str(path)), **spec.kwargs)
-    except RuntimeError as e:  # load_state_dict: missing keys or shapes that do not fit
-        if "size mismatch" not in str(e) and "Missing key" not in str(e) and "Unexpected key" not in str(e):
-            raise
-        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "key" in ln), str(e))
-        raise ValueError(f"backbone {spec.name!r}: the weights in {path} do not fit timm model {spec.timm_name!r} "
-                         f"({first[:300]}). Put the weights of {spec.timm_name} there (WEIGHTS_DIR/"
-                         f"{spec.timm_name}.safetensors).") from None
+    except Exception as e:
+        if isinstance(e, RuntimeError) and any(k in str(e) for k in ("size mismatch", "Missing key", "Unexpected key")):
+            # load_state_dict: missing keys or shapes that do not fit
+            first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "key" in ln), str(e))
+            raise ValueError(f"backbone {spec.name!r}: the weights in {path} do not fit timm model "
+                             f"{spec.timm_name!r} ({first[:300]}). Put the weights of {spec.timm_name} there "
+                             f"(WEIGHTS_DIR/{spec.timm_name}.safetensors).") from None
+        # a file that is no state_dict at all: truncated, an HTML page saved by mistake, a pickle of something else
+        raise ValueError(f"backbone {spec.name!r}: {path} is not a readable state_dict of {spec.timm_name} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); replace it with "
+                         f"the model's weights (WEIGHTS_DIR/{spec.timm_name}.safetensors)") from None
 
 
 def find_weights(spec: BackboneSpec, weights_dir: str | Path | None) -> Path:

@@ -100,6 +100,13 @@ def train_head(emb: torch.Tensor, labels: torch.Tensor, kind: str, num_classes: 
     standardisation is then folded into its first layer: the embeddings of a small backbone vary in
     scale by orders of magnitude across features, which slows a probe trained with Adam.
     """
+    if emb.ndim != 2 or labels.ndim != 1 or len(emb) != len(labels):
+        raise ValueError(f"train_head needs embeddings [N, D] and labels [N], got {tuple(emb.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got {int(labels.min())}..{int(labels.max())}")
+    if not torch.isfinite(emb).all():
+        raise ValueError("train_head: the embeddings contain NaN or inf")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = make_head(kind, emb.shape[1], num_classes, cfg.mlp_hidden).to(emb.device)

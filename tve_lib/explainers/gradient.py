@@ -56,6 +56,8 @@ class IntegratedGradients(Explainer):
 
     def __init__(self, backbone: Backbone, n_steps: int = 32, internal_batch_size: int = 256):
         super().__init__(backbone)
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"IG's n_steps must be a whole number >= 1 (points on the path), got {n_steps!r}")
         self.n_steps, self.internal_batch_size = n_steps, internal_batch_size
 
     def explain(self, images: torch.Tensor, head: nn.Module,
