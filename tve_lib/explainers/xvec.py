@@ -254,36 +254,28 @@ def train_model(model: SelfExplainingModel, data: ImageSet, cfg: XVecConfig, see
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for step, b in enumerate(tqdm(order, desc="xvec training", disable=not progress, leave=False)):
             torch.manual_seed(seed * 1_000_003 + step)
-            _train_step(model, data, idx, b, step, opt, sched, log, phi, phi_pos, sup_order, w_expl, scale, explain)
+            raw, y, _ = data.get(idx[b])
+            x = model.backbone.normalize(raw.to(device))
+            y = y.to(device)
+            logits, vec = model(x)
+            ce = F.cross_entropy(logits, y)
+            loss, ex = ce, torch.zeros(())
+            if explain:
+                w = model.cls_head.weight.detach()  # the explanation must live in the shared parameters
+                if sup_order is None:
+                    ex = explanation_loss(vec, w, phi[b].to(device), scale)
+                else:
+                    sb = sup_order[step]
+                    xs = model.backbone.normalize(data.get(idx[phi_pos[sb]])[0].to(device))
+                    ex = explanation_loss(model(xs)[1], w, phi[sb].to(device), scale)
+                loss = ce + w_expl * ex
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            log.add(step, ce, ex, logits, y)
     model.eval().requires_grad_(False)
     return log.rows
-
-
-def _train_step(model: SelfExplainingModel, data: ImageSet, idx: torch.Tensor, b: torch.Tensor, step: int, opt,
-                sched, log: _TrainLog, phi: torch.Tensor | None, phi_pos: torch.Tensor | None,
-                sup_order: torch.Tensor | None, w_expl: float, scale: float, explain: bool) -> None:
-    """One optimiser step of `train_model` on the prediction batch ``b`` (and its supervised batch)."""
-    device = model.backbone.mean.device
-    raw, y, _ = data.get(idx[b])
-    x = model.backbone.normalize(raw.to(device))
-    y = y.to(device)
-    logits, vec = model(x)
-    ce = F.cross_entropy(logits, y)
-    loss, ex = ce, torch.zeros(())
-    if explain:
-        w = model.cls_head.weight.detach()  # the explanation must live in the shared parameters
-        if sup_order is None:
-            ex = explanation_loss(vec, w, phi[b].to(device), scale)
-        else:
-            sb = sup_order[step]
-            xs = model.backbone.normalize(data.get(idx[phi_pos[sb]])[0].to(device))
-            ex = explanation_loss(model(xs)[1], w, phi[sb].to(device), scale)
-        loss = ce + w_expl * ex
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sched.step()
-    log.add(step, ce, ex, logits, y)
 
 
 # ----------------------------------------------------------------------------- supervision
