@@ -382,6 +382,10 @@ def test_suite_resolves_device_and_paths(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, wherever this runs
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         Suite("smoke", results_dir=str(tmp_path), device="cuda")
+    for bad in ("1", 1.0, True, None):  # "1" gave a string-formatting error deep in a cache name
+        with pytest.raises(TypeError, match=r"seed must be a whole number \(got .*\); e.g. Suite\('cpu', seed=1\)"):
+            Suite("smoke", seed=bad, results_dir=str(tmp_path), device="cpu")
+    assert Suite("smoke", seed=np.int64(3), results_dir=str(tmp_path), device="cpu").seed == 3
 
 
 def test_a_mistyped_tve_setting_fails_before_pretraining(tmp_path, monkeypatch):

@@ -40,23 +40,29 @@ def _damage(root: Path) -> None:
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / ".ipynb_checkpoints" / "x.png")
     (root / "cat" / ".hidden.png").write_bytes(b"junk")
     (root / "dog" / "notes.txt").write_text("not an image")
+    (root / "cat" / "phone.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")  # a format PIL does not read
 
 
 def test_bad_files_are_skipped_and_listed_up_front(tmp_path, smoke):
     root = _folder(tmp_path / "imgs")
     _damage(root)
-    with pytest.warns(UserWarning, match="skipped 2 unreadable file"):
+    with pytest.warns(UserWarning, match="skipped 4 unreadable or non-image file"):
         scan = scan_imagefolder(root)
     assert scan.classes == ["cat", "dog"]  # .ipynb_checkpoints is no class
-    assert sorted(s["file"] for s in scan.skipped) == ["cat/empty.png", "dog/cut.jpg"]
-    assert "truncated" in {s["file"]: s["reason"] for s in scan.skipped}["dog/cut.jpg"].lower()
+    # hidden files are not the user's images; every other file that is not read is listed, with its reason
+    assert sorted(s["file"] for s in scan.skipped) == ["cat/empty.png", "cat/phone.HEIC", "dog/cut.jpg",
+                                                       "dog/notes.txt"]
+    reasons = {s["file"]: s["reason"] for s in scan.skipped}
+    assert "truncated" in reasons["dog/cut.jpg"].lower() and "empty" in reasons["cat/empty.png"]
+    assert "'.HEIC' is not read" in reasons["cat/phone.HEIC"] and ".png" in reasons["cat/phone.HEIC"]
+    assert "'.txt' is not read" in reasons["dog/notes.txt"]
     assert len(scan.files) == 8 and all(not p.name.startswith(".") for p in scan.files)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = data_mod.load_task(f"folder:{root}", smoke)
     x, y, _ = t.train.get(torch.arange(len(t.train)))  # every kept image decodes: nothing fails later
     assert x.shape[1:] == (3, 32, 32) and len(t.train) + len(t.test) == 8
-    assert sorted(s["file"] for s in t.skipped) == ["cat/empty.png", "dog/cut.jpg"]
+    assert len(t.skipped) == 4 and {"dog/cut.jpg", "cat/phone.HEIC"} <= {s["file"] for s in t.skipped}
 
 
 def test_suite_writes_the_skipped_files(tmp_path):
@@ -78,6 +84,11 @@ def test_a_class_without_readable_images_is_an_error(tmp_path):
         f.write_bytes(b"")
     with pytest.raises(ValueError, match="'dog' have no readable image"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        scan_imagefolder(root)
+    shutil.rmtree(root / "dog")
+    (root / "dog").mkdir()
+    (root / "dog" / "a.heic").write_bytes(b"heic")  # the error says why the class came out empty
+    with pytest.raises(ValueError, match=r"'dog' have no readable image \(skipped: dog/a.heic: extension '.heic'"):
         scan_imagefolder(root)
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import torch
 
 from tve_lib.config import get_profile
@@ -63,9 +64,22 @@ def test_demo_imagefolder_is_written_once_and_replaced_when_settings_change(tmp_
 
 
 def test_write_imagefolder_rgb(tmp_path):
-    imgs = torch.rand(2, 3, 8, 8)
+    """The files hold the pixels, channels in order and not transposed (a wrong array would still save), the
+    same values within 8-bit rounding."""
+    from PIL import Image
+
+    imgs = torch.rand(2, 3, 8, 6, generator=torch.Generator().manual_seed(0))
+    imgs[0, 0], imgs[0, 2] = 1.0, 0.0  # a red image: a swapped channel order would write blue
     write_imagefolder(imgs, torch.tensor([0, 1]), ["a", "b"], tmp_path)
-    assert sorted(p.parent.name for p in tmp_path.rglob("*.png")) == ["a", "b"]
+    files = sorted(tmp_path.rglob("*.png"))
+    assert [p.parent.name for p in files] == ["a", "b"]
+    for f, img in zip(files, imgs):
+        with Image.open(f) as im:
+            assert im.mode == "RGB" and im.size == (6, 8)  # PIL's size is (width, height)
+            arr = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255
+        assert (arr - img).abs().max() <= 0.5 / 255 + 1e-6
+    with Image.open(files[0]) as im:
+        assert im.getpixel((0, 0))[0] == 255 and im.getpixel((0, 0))[2] == 0
 
 
 def test_written_folder_has_the_same_fingerprint_in_every_run(tmp_path):

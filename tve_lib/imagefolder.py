@@ -49,17 +49,22 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(p.startswith(".") for p in path.relative_to(root).parts)
 
 
-def _candidates(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+def _candidates(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
+    """The classes, the image files with their labels, and the other (non-hidden) files of the class folders."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise FileNotFoundError(f"{root} is not a usable ImageFolder: it has no class sub-folders (expected one "
                                 "sub-folder of images per class)")
-    out = []
+    out, others = [], []
     for y, c in enumerate(classes):
         for f in sorted((root / c).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS and not _hidden(f, root):
+            if not f.is_file() or _hidden(f, root):
+                continue
+            if f.suffix.lower() in IMG_EXTENSIONS:
                 out.append((f, y))
-    return classes, out
+            else:
+                others.append(f)
+    return classes, out, others
 
 
 def fingerprint(root: Path, files: list[Path]) -> str:
@@ -120,7 +125,7 @@ def scan_imagefolder(root: str | Path, cache_dir: str | Path | None = None, chec
     if not root.is_dir():
         raise FileNotFoundError(f"folder {root} does not exist (expected an ImageFolder: one sub-folder of images "
                                 "per class)")
-    classes, cands = _candidates(root)
+    classes, cands, others = _candidates(root)
     fp = fingerprint(root, [f for f, _ in cands])
     cache = Path(cache_dir) / f"folder_{fp}.json" if cache_dir is not None else None
     rel = [f.relative_to(root).as_posix() for f, _ in cands]
@@ -142,13 +147,20 @@ def scan_imagefolder(root: str | Path, cache_dir: str | Path | None = None, chec
             write_json(reasons, cache)
     files = [f for (f, _), r in zip(cands, rel) if reasons[r] is None]
     labels = [y for (_, y), r in zip(cands, rel) if reasons[r] is None]
+    skipped = [{"file": r, "reason": reasons[r]} for r in rel if reasons[r] is not None]
+    # A .heic or .txt in a class folder is not read either: list it, so a user sees why a class is short.
+    expected = ", ".join(IMG_EXTENSIONS)
+    skipped += [{"file": f.relative_to(root).as_posix(),
+                 "reason": f"extension {f.suffix or '(none)'!r} is not read (expected one of {expected})"}
+                for f in others]
     empty = [c for y, c in enumerate(classes) if y not in set(labels)]
     if empty:
-        raise ValueError(f"{root}: class folder(s) {', '.join(repr(c) for c in empty)} have no readable image")
-    skipped = [{"file": r, "reason": reasons[r]} for r in rel if reasons[r] is not None]
+        raise ValueError(f"{root}: class folder(s) {', '.join(repr(c) for c in empty)} have no readable image"
+                         + (f" (skipped: {'; '.join(s['file'] + ': ' + s['reason'] for s in skipped[:3])})"
+                            if skipped else ""))
     if skipped:
         names = ", ".join(s["file"] for s in skipped[:5])
-        warnings.warn(f"{root}: skipped {len(skipped)} unreadable file(s): {names}"
+        warnings.warn(f"{root}: skipped {len(skipped)} unreadable or non-image file(s): {names}"
                       f"{', ...' if len(skipped) > 5 else ''}", stacklevel=2)
     return FolderScan(root, classes, files, labels, fp, skipped)
 

@@ -8,6 +8,7 @@ RESULTS_DIR)``; models, embeddings and heads are computed once, cached under
 from __future__ import annotations
 
 import inspect
+import numbers
 import random
 import time
 from functools import cached_property
@@ -68,6 +69,10 @@ class Suite:
     def __init__(self, profile: str | Profile = "cpu", seed: int = 0, device: str = "auto",
                  data_dir: str | None = None, weights_dir: str | None = None,
                  results_dir: str = "results", overrides: dict[str, Any] | None = None):
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be a whole number (got {seed!r}, a {type(seed).__name__}); e.g. "
+                            "Suite('cpu', seed=1), or SEED = 1 in a notebook's parameters cell")
+        seed = int(seed)  # a numpy integer too, so provenance and cache names read the same
         self.profile = profile if isinstance(profile, Profile) else get_profile(profile, {**env_overrides(),
                                                                                       **(overrides or {})})
         self.seed = seed
