@@ -88,8 +88,10 @@ def test_a_class_without_readable_images_is_an_error(tmp_path):
     shutil.rmtree(root / "dog")
     (root / "dog").mkdir()
     (root / "dog" / "a.heic").write_bytes(b"heic")  # the error says why the class came out empty
-    with pytest.raises(ValueError, match=r"'dog' have no readable image \(skipped: dog/a.heic: extension '.heic'"):
+    (root / "cat" / "notes.txt").write_text("another class's file is not the reason")
+    with pytest.raises(ValueError, match=r"'dog' have no readable image \(skipped: dog/a.heic: extension '.heic'") as e:
         scan_imagefolder(root)
+    assert "notes.txt" not in str(e.value)
 
 
 def test_folder_layouts_a_head_could_not_learn_from_are_errors(tmp_path, smoke):

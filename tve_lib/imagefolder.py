@@ -155,9 +155,10 @@ def scan_imagefolder(root: str | Path, cache_dir: str | Path | None = None, chec
                 for f in others]
     empty = [c for y, c in enumerate(classes) if y not in set(labels)]
     if empty:
+        theirs = [s for s in skipped if s["file"].split("/")[0] in empty]
         raise ValueError(f"{root}: class folder(s) {', '.join(repr(c) for c in empty)} have no readable image"
-                         + (f" (skipped: {'; '.join(s['file'] + ': ' + s['reason'] for s in skipped[:3])})"
-                            if skipped else ""))
+                         + (f" (skipped: {'; '.join(s['file'] + ': ' + s['reason'] for s in theirs[:3])})"
+                            if theirs else ""))
     if skipped:
         names = ", ".join(s["file"] for s in skipped[:5])
         warnings.warn(f"{root}: skipped {len(skipped)} unreadable or non-image file(s): {names}"
