@@ -153,7 +153,8 @@ def scan_imagefolder(root: str | Path, cache_dir: str | Path | None = None, chec
     skipped += [{"file": f.relative_to(root).as_posix(),
                  "reason": f"extension {f.suffix or '(none)'!r} is not read (expected one of {expected})"}
                 for f in others]
-    empty = [c for y, c in enumerate(classes) if y not in set(labels)]
+    present = set(labels)  # once: a large folder has a million labels and a thousand classes
+    empty = [c for y, c in enumerate(classes) if y not in present]
     if empty:
         theirs = [s for s in skipped if s["file"].split("/")[0] in empty]
         raise ValueError(f"{root}: class folder(s) {', '.join(repr(c) for c in empty)} have no readable image"
