@@ -312,3 +312,25 @@ def test_stroke_augmentation_draws_one_to_three_strokes_inside_the_frame():
     x0 = train.get(torch.arange(60))[0]
     a = augmented_upstream(train, "composite_strokes", 0.5, seed=0).get(torch.arange(60))[0]
     assert (a != x0).flatten(1).any(1).sum() == 30 and 0 <= a.min() and a.max() <= 1
+
+
+def test_handwriting_augmentation_slants_and_wobbles_the_letters():
+    """``composite_handwriting``' last third: the letters of ``composite_glyphs`` through a shear of at most 0.35
+    and a smooth displacement of at most 0.08 of the half side at the field's nodes (bicubic: at most 0.11 between
+    them); seeded, in [0, 1], ink in every image."""
+    from tve_lib import augment
+
+    grid = torch.nn.functional.affine_grid(torch.eye(2, 3).expand(64, 2, 3), [64, 1, 32, 32], align_corners=False)
+    d = augment._warp(grid, torch.Generator().manual_seed(0)) - grid
+    assert d[..., 1].abs().max() <= 0.11 and d.abs().amax((1, 2, 3)).min() > 0  # every image moves
+    assert (d[..., 0].abs() <= 0.35 * grid[..., 1].abs() + 0.11).all()
+    slope = (d[:, -1, :, 0] - d[:, 0, :, 0]).mean(1) / 2  # the shear, read off the top and bottom rows
+    assert slope.abs().max() > 0.2 and (slope > 0).any() and (slope < 0).any()  # slants both ways
+    assert (d[:, 1:] - d[:, :-1]).abs().max() < 0.05  # smooth: a neighbouring pixel moves almost alike
+    x = augment._handwriting(torch.zeros(2, 3, 32, 32), 16, torch.Generator().manual_seed(0))
+    assert x.shape == (16, 3, 32, 32) and 0 <= x.min() and x.max() <= 1 and x.amax((1, 2, 3)).min() > 0.3
+    assert torch.equal(x, augment._handwriting(torch.zeros(2, 3, 32, 32), 16, torch.Generator().manual_seed(0)))
+    train, _ = _sets(60)
+    x0 = train.get(torch.arange(60))[0]
+    a = augmented_upstream(train, "composite_handwriting", 0.5, seed=0).get(torch.arange(60))[0]
+    assert (a != x0).flatten(1).any(1).sum() == 30 and 0 <= a.min() and a.max() <= 1

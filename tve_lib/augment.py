@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from .imagesets import ImageSet, TensorImageSet
 
-AUGMENTS = ("none", "composite", "composite_lowres", "composite_outline", "composite_glyphs", "composite_strokes")
+AUGMENTS = ("none", "composite", "composite_lowres", "composite_outline", "composite_glyphs", "composite_strokes",
+            "composite_handwriting")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # no digit: a cpu task is digits
 
 
@@ -112,7 +113,21 @@ def glyph_bank(side: int = 64) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _glyphs(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+def _warp(grid: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """``grid`` ``[n, h, w, 2]`` (template coordinates) slanted by a shear of up to 0.35 and wobbled by a smooth
+    random displacement (a 4x4 field of up to 0.08 of the half side at its nodes, upsampled bicubically, which
+    overshoots by at most 3/8 between them): the slant and the uneven strokes of handwriting, the elastic
+    distortion of Simard et al. (2003)."""
+    n, h, w, _ = grid.shape
+    shear = (torch.rand(n, 1, 1, generator=g) * 2 - 1) * 0.35
+    amp = 0.08 * torch.rand(n, 1, 1, 1, generator=g)
+    field = F.interpolate((torch.rand(n, 2, 4, 4, generator=g) * 2 - 1) * amp, size=(h, w), mode="bicubic",
+                          align_corners=True).permute(0, 2, 3, 1)
+    x = grid[..., 0] + shear * grid[..., 1]
+    return torch.stack([x, grid[..., 1]], -1) + field
+
+
+def _glyphs(src: torch.Tensor, n: int, g: torch.Generator, warp: bool = False) -> torch.Tensor:
     _, c, s, _ = src.shape
     bank = glyph_bank()
     pick = torch.randint(0, len(bank), (n,), generator=g)
@@ -123,6 +138,8 @@ def _glyphs(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     a = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # output -> template coords
     theta = torch.cat([a, -(a @ shift[:, :, None])], 2)
     grid = F.affine_grid(theta, [n, 1, 2 * s, 2 * s], align_corners=False)
+    if warp:
+        grid = _warp(grid, g)
     x = F.avg_pool2d(F.grid_sample(bank[pick, None], grid, align_corners=False), 2)  # sampled at 2x, pooled
     x = x * (0.6 + 0.4 * torch.rand(n, 1, 1, 1, generator=g))
     return _blurred(x.expand(n, c, s, s), g).clamp(0, 1)
@@ -162,6 +179,10 @@ def _scribbles(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     return _blurred(x.expand(n, c, s, s), g).clamp(0, 1)
 
 
+def _handwriting(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    return _glyphs(src, n, g, warp=True)
+
+
 def _strokes(src: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     half = n // 2
     return torch.cat([_glyphs(src, half, g), _scribbles(src, n - half, g)])
@@ -196,6 +217,6 @@ def augmented_upstream(train: ImageSet, kind: str, frac: float, seed: int) -> Im
         x[idx[:a]] = _composites(src, a, g)
         x[idx[a:b]] = _zooms(src, b - a, g)
         last = {"composite_lowres": _lowres, "composite_outline": _outlines, "composite_glyphs": _glyphs,
-                "composite_strokes": _strokes}[kind]
+                "composite_strokes": _strokes, "composite_handwriting": _handwriting}[kind]
         x[idx[b:]] = last(src, len(idx) - b, g)
     return TensorImageSet(f"{train.name}+{kind}{frac:g}s{seed}", x, y, train.classes)
