@@ -142,6 +142,22 @@ def test_train_head_checks_its_data_before_training():
             train_head(e, y, "linear", 3, cfg, 0)
 
 
+def test_seeded_library_calls_leave_the_callers_random_stream():
+    from tve_lib.config import HeadTrain
+    from tve_lib.studies.throughput import random_heads
+
+    emb, y = torch.randn(12, 8, generator=torch.Generator().manual_seed(1)), torch.arange(12) % 3
+    out = []
+    for state in (5, 6):  # whatever state the caller is in, the same head; the caller's stream moves not at all
+        torch.manual_seed(state)
+        before = torch.get_rng_state()
+        out.append(train_head(emb, y, "mlp", 3, HeadTrain(epochs=2), 0)[0].state_dict())
+        out.append(random_heads(8, [3], "cpu", seed=4)[0].state_dict())
+        assert torch.equal(torch.get_rng_state(), before)
+    for a, b in ((out[0], out[2]), (out[1], out[3])):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_head_embedding_mismatch_is_reported():
     bb = tiny_backbone("vit")
     check_head(make_head("mlp", bb.embed_dim, 3), bb.embed_dim)

@@ -17,6 +17,7 @@ from .config import BackboneTrain, Profile
 from .imagesets import ImageSet, iter_batches
 from .io import checkpoint, resume, save_torch
 from .precision import dtype_name
+from .seeds import seeded
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -123,8 +124,8 @@ def obtain_backbone(profile: Profile, name: str, ckpt_dir: Path, device: torch.d
     def train() -> tuple[Backbone, list[dict]]:
         if upstream is None:
             raise ValueError(f"backbone {name!r} is not cached at {ckpt}; pass the upstream set to train it")
-        torch.manual_seed(seed)
-        bb.model.load_state_dict(create_model(spec, n_cls).state_dict())  # seeded init
+        with seeded(seed):
+            bb.model.load_state_dict(create_model(spec, n_cls).state_dict())  # seeded init
         return bb, train_backbone(bb, upstream, profile, ckpt, seed, device)
 
     return load_or_train(ckpt, restore, train, f"backbone {name}")

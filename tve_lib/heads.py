@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HeadTrain
+from .seeds import seeded
 
 HEAD_KINDS = ("linear", "mlp")
 
@@ -108,8 +109,8 @@ def train_head(emb: torch.Tensor, labels: torch.Tensor, kind: str, num_classes: 
     if not torch.isfinite(emb).all():
         raise ValueError("train_head: the embeddings contain NaN or inf")
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    head = make_head(kind, emb.shape[1], num_classes, cfg.mlp_hidden).to(emb.device)
+    with seeded(seed):
+        head = make_head(kind, emb.shape[1], num_classes, cfg.mlp_hidden).to(emb.device)
     mean = std = None
     if cfg.standardize:
         mean, std = emb.mean(0), emb.std(0).clamp_min(1e-6)

@@ -26,6 +26,7 @@ from ..backbones import Backbone
 from ..config import EvalConfig
 from ..heads import head_logits
 from ..metrics import CurveBase, auc, curve_base, masked_embeddings, perturbation_curves
+from ..seeds import seeded
 from ..shapley import kernel_coalitions
 from .base import Explainer
 from .registry import register_explainer
@@ -120,7 +121,6 @@ def _train_one(backbone: Backbone, head: nn.Module, images: torch.Tensor, z: tor
                progress: bool) -> Amortized:
     """FastSHAP training of one explainer on precomputed coalition values ``v [N, M, C]``."""
     n = len(images)
-    torch.manual_seed(seed)
     net = build_net(backbone, v.shape[-1], cfg.fastshap_depth)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.fastshap_lr, weight_decay=0.01)
     steps = cfg.fastshap_epochs * -(-n // cfg.fastshap_batch)
@@ -185,5 +185,6 @@ def train_amortized(backbone: Backbone, heads: list[nn.Module], images: torch.Te
     for h in heads:
         with torch.no_grad():
             v, v01 = _probs(h, emb), _probs(h, e01)
-        out.append(_train_one(backbone, h, images, z, v, v01, cfg, seed, eval_images, progress))
+        with seeded(seed):  # each head's explainer starts from the same initialisation
+            out.append(_train_one(backbone, h, images, z, v, v01, cfg, seed, eval_images, progress))
     return out

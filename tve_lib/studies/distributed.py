@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..explainers import tve
+from ..seeds import seeded
 from ..synthetic import write_dry_data
 from .suite import Suite
 
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         if ckpt.exists():
             print(f"[rank {rank}] {ckpt} exists; nothing to do")
             continue
-        torch.manual_seed(a.seed)
-        model = tve.build_explainer(bb, suite.profile.tve)
+        with seeded(a.seed):
+            model = tve.build_explainer(bb, suite.profile.tve)
         tve.pretrain(model, bb, suite.pretrain_set(None, name), suite.upstream_for(name)[1], suite.profile.tve,
                      ckpt, a.seed, suite.tve_radius(name), store_dir=suite.ckpt_dir)
     if world > 1:

@@ -26,6 +26,7 @@ from ..imagesets import FolderImageSet, TensorImageSet
 from ..loader import load_batches
 from ..memory import peak_memory
 from ..precision import dtype_name
+from ..seeds import seeded
 from ..synthetic import write_jpeg_folder
 from .throughput import paper_backbone, random_heads
 
@@ -70,8 +71,7 @@ def step_row(device: str | torch.device, backbone: str = "vit", batch_size: int 
     gen = torch.Generator().manual_seed(seed)
     imgs = TensorImageSet("random", torch.rand(batch_size, 3, bb.img_size, bb.img_size, generator=gen),
                           torch.zeros(batch_size, dtype=torch.long), ["x"])
-    torch.manual_seed(seed)
-    with peak_memory(device) as mem:  # the warm-up step included: it allocates the optimiser's state
+    with seeded(seed), peak_memory(device) as mem:  # the warm-up step included: it allocates the optimiser's state
         secs = sorted(step_seconds(build_explainer(bb, cfg), bb, imgs, cfg, steps, seed))
     s = secs[len(secs) // 2]
     return dict(device=torch.device(device).type, threads=torch.get_num_threads(), backbone=backbone,

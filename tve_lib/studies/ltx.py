@@ -27,6 +27,7 @@ from ..heads import head_logits
 from ..metrics import curve_base
 from ..precision import dtype_name
 from ..schema import NO_SELECTION
+from ..seeds import seeded
 from ..timing import time_call
 
 if TYPE_CHECKING:
@@ -51,9 +52,9 @@ def pretrained_ltx(suite: Suite, backbone: str, task: str, kind: str = "linear",
     trained: list[LTXNet] = []
 
     def build() -> dict:
-        torch.manual_seed(suite.seed)
-        net = LTXNet(bb)
-        hist = pretrain_ltx(net, bb, head, suite.task(task, bb.name).train, cfg, suite.seed)
+        with seeded(suite.seed):
+            net = LTXNet(bb)
+            hist = pretrain_ltx(net, bb, head, suite.task(task, bb.name).train, cfg, suite.seed)
         trained.append(net)
         return {"model": net.state_dict(), "history": hist, "cfg": cfg}
 

@@ -33,6 +33,7 @@ from ..io import load_torch, provenance, write_csv, write_json
 from ..masking import window_radius
 from ..precision import amp_dtype_for, dtype_name
 from ..preprocess import Preprocess, backbone_preprocess
+from ..seeds import seeded
 
 if TYPE_CHECKING:
     from ..explainers.tve import TVE
@@ -314,8 +315,8 @@ class Suite:
             return make_explainer("tve", bb, model=tve.restore_explainer(s, bb, cfg), radius=s["radius"], **transfer)
 
         def train() -> TVE:
-            torch.manual_seed(self.seed)
-            model = tve.build_explainer(bb, cfg)
+            with seeded(self.seed):
+                model = tve.build_explainer(bb, cfg)
             spent = 0.0
             if init is not None:
                 model.load_state_dict(init["model"])

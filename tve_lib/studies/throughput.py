@@ -34,6 +34,7 @@ from ..heads import last_linear, make_head
 from ..io import upsert_csv, write_csv
 from ..masking import window_radius
 from ..schema import NO_ARCH, THROUGHPUT_KEYS, method_label, throughput_frame
+from ..seeds import seeded
 
 PRIORITY = ("tve", "kernelshap")  # benchmarked first (the targets' methods), the rest in registry order
 
@@ -126,8 +127,8 @@ def paper_backbone(name: str, device: str | torch.device, precision: str | None 
 def random_heads(embed_dim: int, classes: Sequence[int], device: str | torch.device, seed: int = 0,
                  kind: str = "linear") -> list[nn.Module]:
     """Untrained heads, one per entry of ``classes`` (paper-size task scaling)."""
-    torch.manual_seed(seed)
-    return [make_head(kind, embed_dim, c).to(device).eval().requires_grad_(False) for c in classes]
+    with seeded(seed):
+        return [make_head(kind, embed_dim, c).to(device).eval().requires_grad_(False) for c in classes]
 
 
 def random_images(backbone: Backbone, n: int, seed: int = 0) -> torch.Tensor:

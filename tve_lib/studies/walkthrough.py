@@ -28,6 +28,7 @@ from ..explainers import tve
 from ..gallery import show_image, show_map
 from ..heads import head_logits
 from ..masking import windows
+from ..seeds import seeded
 
 
 @dataclass
@@ -81,9 +82,9 @@ class Walkthrough:
     def models(self) -> dict[str, Any]:
         """A fresh explainer (the pre-trained one's initialisation) and the pre-trained one."""
         if not self._models:
-            torch.manual_seed(self.suite.seed)
-            self._models = {"fresh": tve.build_explainer(self.bb, self.suite.profile.tve).eval(),
-                            "pre-trained": self.suite.explainer(self.name).model}
+            with seeded(self.suite.seed):
+                fresh = tve.build_explainer(self.bb, self.suite.profile.tve).eval()
+            self._models = {"fresh": fresh, "pre-trained": self.suite.explainer(self.name).model}
         return self._models
 
     def window(self, player: int, radius: int | None = None) -> WindowView:
@@ -165,8 +166,8 @@ def live_pretraining(suite: Any, backbone: str, progress: bool = True) -> pd.Dat
         bar.update(1)
         bar.set_postfix(keep=f"{lk:.4f}", remove=f"{lr:.4f}")
 
-    torch.manual_seed(suite.seed)
-    model = tve.build_explainer(bb, cfg)
+    with seeded(suite.seed):
+        model = tve.build_explainer(bb, cfg)
     train, val = suite.upstream_for(bb.name)
     with tempfile.TemporaryDirectory() as tmp:  # live: nothing cached, every run trains afresh
         tve.pretrain(model, bb, train, val, cfg, Path(tmp) / "walk.pt", suite.seed, progress=False, on_step=on_step)
