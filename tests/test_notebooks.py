@@ -184,7 +184,25 @@ def test_rerun_skips_completed_notebooks(smoke_results, capsys):
     code = runner.run("smoke", only=["00"], results_dir=smoke_results.parent, device="cpu")
     assert code == 0
     out = capsys.readouterr().out
-    assert "[skip]" in out or "-dirty" in json.loads((smoke_results / "run.json").read_text())["git_commit"]
+    if "-dirty" in json.loads((smoke_results / "run.json").read_text())["git_commit"]:
+        assert "[run ] 00" in out and "[skip]" not in out  # uncommitted code may differ: rerun, never trust
+    else:
+        assert "[skip] 00" in out and "[run ]" not in out
+
+
+def test_a_stamp_counts_only_for_its_clean_commit_its_parameters_and_its_notebook(tmp_path):
+    out, stamp = tmp_path / "00.ipynb", tmp_path / "00.stamp.json"
+    params = {"PROFILE": "smoke", "SEED": 0}
+    out.write_text("{}")
+    stamp.write_text(json.dumps({"commit": "abc", "parameters": params}))
+    assert runner._is_complete(stamp, out, "abc", params)
+    for commit, p in (("abc-dirty", params), ("abd", params), ("abc", {**params, "SEED": 1})):
+        assert not runner._is_complete(stamp, out, commit, p)
+    stamp.write_text(json.dumps({"commit": "abc-dirty", "parameters": params}))
+    assert not runner._is_complete(stamp, out, "abc-dirty", params)  # a dirty tree never skips
+    stamp.write_text(json.dumps({"commit": "abc", "parameters": params}))
+    out.unlink()
+    assert not runner._is_complete(stamp, out, "abc", params)  # its executed copy is gone: rerun
 
 
 # wall-clock columns (and what is derived from them) and the machine's memory readings (peak resident set,
