@@ -168,7 +168,7 @@ def _fashion_pools(data_dir) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
     return x[:5000], y[:5000], x[5000:], y[5000:]
 
 
-def make_fashion_binary(profile: Profile, data_dir=None, seed: int = 0) -> Task:
+def make_fashion_binary(profile: Profile, data_dir: str | Path | None = None, seed: int = 0) -> Task:
     """Sneaker vs Ankle boot on held-out Fashion-MNIST images (the cats-vs-dogs analogue)."""
     x, y, _, _ = _fashion_pools(data_dir)
     keep = (y == BINARY_CLASSES[0]) | (y == BINARY_CLASSES[1])
@@ -179,7 +179,7 @@ def make_fashion_binary(profile: Profile, data_dir=None, seed: int = 0) -> Task:
                 TensorImageSet("fashion_binary", x[te], y[te], names), names)
 
 
-def make_digits(profile: Profile, data_dir=None, seed: int = 0) -> Task:
+def make_digits(profile: Profile, data_dir: str | Path | None = None, seed: int = 0) -> Task:
     """scikit-learn's 8x8 handwritten digits, upsampled: a domain the explainer never saw."""
     from sklearn.datasets import load_digits
 
@@ -196,7 +196,7 @@ def make_digits(profile: Profile, data_dir=None, seed: int = 0) -> Task:
                 TensorImageSet("digits", x[te], y[te], names), names)
 
 
-def make_fashion_mosaic(profile: Profile, data_dir=None, seed: int = 0, n: int = 3000,
+def make_fashion_mosaic(profile: Profile, data_dir: str | Path | None = None, seed: int = 0, n: int = 3000,
                         n_distractors: int = 1) -> Task:
     """2x2 mosaics of held-out items; the label is the class of the one non-top item.
 
@@ -292,7 +292,9 @@ PAPER_HINTS = {
 }
 
 
-def make_paper_task(name: str, profile: Profile, data_dir=None, seed: int = 0) -> Task:
+def make_paper_task(name: str, profile: Profile, data_dir: str | Path | None = None, seed: int = 0) -> Task:
+    """The paper's task ``name`` from the files under ``data_dir`` (default ``data/``), fitted to the profile's
+    image size; a clear error naming what to put where when they are missing."""
     root = Path(data_dir or "data")
     try:
         tr, ytr, classes = _paper_dataset(name, root, True)

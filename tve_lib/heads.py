@@ -139,4 +139,5 @@ def train_head(emb: torch.Tensor, labels: torch.Tensor, kind: str, num_classes: 
 
 @torch.inference_mode()
 def head_accuracy(head: nn.Module, emb: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of ``emb`` whose arg-max class under ``head`` is its label."""
     return (head_logits(head, emb).argmax(1) == labels).float().mean().item()

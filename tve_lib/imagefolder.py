@@ -24,11 +24,15 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .preprocess import Preprocess, as_preprocess
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -167,7 +171,7 @@ def scan_imagefolder(root: str | Path, cache_dir: str | Path | None = None, chec
     return FolderScan(root, classes, files, labels, fp, skipped)
 
 
-def to_rgb(img):
+def to_rgb(img: Image.Image) -> Image.Image:
     """A PIL image as RGB, as a viewer shows it (EXIF orientation, alpha on white, CMYK, 16-bit, float)."""
     from PIL import Image, ImageOps
 

@@ -90,6 +90,7 @@ def upsert_csv(df: pd.DataFrame, path: str | Path, keys: list[str]) -> pd.DataFr
 
 
 def write_json(obj: Any, path: str | Path) -> None:
+    """``obj`` as indented JSON at ``path``, written atomically (what is not JSON is written as its string)."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(obj, indent=2, default=str))
 
@@ -112,6 +113,7 @@ PACKAGES = ("torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "
 
 
 def package_versions() -> dict[str, str]:
+    """The installed version of each package of ``PACKAGES`` (``"not installed"`` where one is missing)."""
     out = {}
     for p in PACKAGES:
         try:

@@ -54,6 +54,7 @@ def lab_command(port: int, token: str, notebook_dir: Path, settings_dir: Path | 
 
 
 def lab_url(port: int, token: str, path: str = "lab") -> str:
+    """The address of the local JupyterLab server's ``path``, its token included."""
     return f"http://127.0.0.1:{port}/{path}?token={token}"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,7 +84,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def to_float32(out):
+def to_float32(out: Any) -> Any:
     """Floating tensors of a pass's output (a tensor, or a tuple / list of them) as float32."""
     if isinstance(out, torch.Tensor):
         return out.float() if out.is_floating_point() else out

@@ -25,10 +25,16 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .heads import head_logits
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .backbones import Backbone
 
 
 # ----------------------------------------------------------------------------- players
@@ -184,7 +190,7 @@ def lime(z: torch.Tensor, v: torch.Tensor, kernel_width: float = 0.25, alpha: fl
 
 # ----------------------------------------------------------------------------- model games
 @torch.inference_mode()
-def shapley_references(backbone, heads: list, images: torch.Tensor, groups: torch.Tensor,
+def shapley_references(backbone: Backbone, heads: list[nn.Module], images: torch.Tensor, groups: torch.Tensor,
                        targets: list[torch.Tensor | None] | None = None, batch_size: int = 256,
                        topk_frac: float = 0.25) -> list[ShapleyReference]:
     """Exact Shapley values of the grouped game for several heads of one backbone.

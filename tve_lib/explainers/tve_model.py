@@ -25,6 +25,9 @@ it is the plain call.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
@@ -32,6 +35,9 @@ from torch import nn
 from ..config import TVEConfig
 from ..io import load_torch
 from ..masking import window_radius
+
+if TYPE_CHECKING:
+    from ..backbones import Backbone
 
 ARCHS = ("two", "shared", "tapped", "tapped_global")
 TAPPED_ARCHS = ("tapped", "tapped_global")  # the shapes that read the backbone's tokens (`TappedModel`)
@@ -160,7 +166,7 @@ class TappedModel(_Heads):
         return self._out(t, t, base)
 
 
-def explainer_forward(model: nn.Module, backbone, inputs: torch.Tensor, base: torch.Tensor | None
+def explainer_forward(model: nn.Module, backbone: Backbone, inputs: torch.Tensor, base: torch.Tensor | None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Φ⁺, Φ⁻) = model(inputs, base)`` under ``backbone``'s autocast (`Backbone.autocast`), as float32.
 
@@ -177,7 +183,7 @@ def explainer_forward(model: nn.Module, backbone, inputs: torch.Tensor, base: to
 
 
 @torch.no_grad()
-def tapped_inputs(backbone, x: torch.Tensor, cfg: TVEConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def tapped_inputs(backbone: Backbone, x: torch.Tensor, cfg: TVEConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """What the tapped explainer reads, ``[B, G², C]``, and ``g(x)``: the backbone's last
     ``cfg.tap_layers`` token maps and, with ``cfg.tap_pixels``, each player's own pixels (the local
     content a window keeps, which the backbone's contextual tokens blur)."""
@@ -196,7 +202,7 @@ def check_counts(cfg: TVEConfig, fields: tuple[str, ...]) -> None:
             raise ValueError(f"TVE {field} must be >= 1, got {getattr(cfg, field)}")
 
 
-def check_config(backbone, cfg: TVEConfig) -> None:
+def check_config(backbone: Backbone, cfg: TVEConfig) -> None:
     """The explainer's shape and window radius in ``cfg``, for ``backbone``: a clear error before anything is
     built, computed or trained."""
     if cfg.arch not in ARCHS:
@@ -210,7 +216,7 @@ def check_config(backbone, cfg: TVEConfig) -> None:
         raise ValueError(f"TVE radius on {backbone.name}: {e}") from None
 
 
-def build_explainer(backbone, cfg: TVEConfig) -> nn.Module:
+def build_explainer(backbone: Backbone, cfg: TVEConfig) -> nn.Module:
     """A TVE model of shape ``cfg.arch`` for ``backbone`` (trunks initialised from it when asked)."""
     check_config(backbone, cfg)
     if cfg.arch in TAPPED_ARCHS:
@@ -226,14 +232,14 @@ def build_explainer(backbone, cfg: TVEConfig) -> nn.Module:
     return m.to(backbone.mean.device)
 
 
-def restore_explainer(state: dict, backbone, cfg: TVEConfig) -> nn.Module:
+def restore_explainer(state: dict, backbone: Backbone, cfg: TVEConfig) -> nn.Module:
     """The pre-trained TVE model of a checkpoint's ``state`` (``state["model"]``), in eval mode."""
     m = build_explainer(backbone, cfg)
     m.load_state_dict(state["model"])
     return m.eval()
 
 
-def load_explainer(ckpt, backbone, cfg: TVEConfig) -> tuple[nn.Module, dict]:
+def load_explainer(ckpt: str | Path, backbone: Backbone, cfg: TVEConfig) -> tuple[nn.Module, dict]:
     """A pre-trained TVE model from ``ckpt`` (and its history/radius)."""
     s = load_torch(ckpt)
     return restore_explainer(s, backbone, cfg), s

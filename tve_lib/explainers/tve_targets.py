@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import Backbone
 from ..cache import UNUSABLE
+from ..config import TVEConfig
 from ..imagesets import ImageSet, content_digest
 from ..io import load_torch, save_torch, write_json
 from ..loader import load_batches
@@ -200,8 +202,8 @@ def window_store(bb: Backbone, train: ImageSet, root: Path, seed: int, radius: i
     return store, compute
 
 
-def token_store(bb: Backbone, train: ImageSet, root: Path, seed: int, cfg, batch: int = 256
-                ) -> tuple[TargetStore, callable]:
+def token_store(bb: Backbone, train: ImageSet, root: Path, seed: int, cfg: TVEConfig, batch: int = 256
+                ) -> tuple[TargetStore, Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
     """The store of the tapped explainer's inputs ``[P, C]`` (`tve_model.tapped_inputs`)."""
     from .tve_model import tapped_inputs
 

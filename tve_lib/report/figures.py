@@ -136,11 +136,13 @@ def transfer_boxes(err: pd.DataFrame) -> plt.Figure:
 
 
 def fig_accuracy(t: dict[str, pd.DataFrame], root: Path) -> plt.Figure:
+    """The heads' test accuracy per backbone and task (``accuracy.csv``)."""
     (acc,) = need(t, "accuracy")
     return accuracy_bars(acc)
 
 
 def fig_pretrain(t: dict[str, pd.DataFrame], root: Path) -> plt.Figure:
+    """TVE's pre-training loss curves per backbone (``tve/pretrain.csv``)."""
     (pre,) = need(t, "pretrain")
     return loss_curves(pre)
 
@@ -292,6 +294,7 @@ FIGURES: tuple[FigureSpec, ...] = (
 
 
 def figure_spec(name: str) -> FigureSpec:
+    """The paper figure called ``name``; a clear error listing the names otherwise."""
     for f in FIGURES:
         if f.name == name:
             return f

@@ -8,9 +8,14 @@ reported beside the rankings, never in them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
 from ..schema import DIRECTION, method_label
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _labels(d: pd.DataFrame) -> list[str]:
@@ -34,7 +39,7 @@ def rank_methods(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparison_figure(summary: pd.DataFrame, metrics: tuple[str, ...] = ("fid_plus_auc", "fid_minus_auc",
-                                                                           "pos_auc", "neg_auc")):
+                                                                           "pos_auc", "neg_auc")) -> Figure:
     """Bars of each metric per method (hatched: the test_metric selection), one panel per metric."""
     import seaborn as sns
 
@@ -52,7 +57,7 @@ def comparison_figure(summary: pd.DataFrame, metrics: tuple[str, ...] = ("fid_pl
     return g.figure
 
 
-def trajectory_figure(traj: pd.DataFrame):
+def trajectory_figure(traj: pd.DataFrame) -> Figure:
     """Fine-tuning: mean training loss and POS-AUC per step, and where each selection stops."""
     import matplotlib.pyplot as plt
     import seaborn as sns

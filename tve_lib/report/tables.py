@@ -4,6 +4,7 @@ selections that figures and claims share (notebook 03's own rows, notebook 05's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,8 @@ def _throughput(t: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return throughput_frame(tp, threads=0)  # a written CSV has its threads
 
 
-def median_interval(values, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def median_interval(values: Sequence[float] | np.ndarray | pd.Series, n_boot: int = 1000, level: float = 0.95,
+                    seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap interval of the median of ``values`` (NaNs dropped): how far a setting's median
     could move with another draw of test images of the same size. ``(nan, nan)`` without values."""
     v = np.asarray(values, dtype=float)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
 from .. import metrics as M
-from ..config import TVEConfig
+from ..config import Profile, TVEConfig
 from ..explainers.tve import exact_window_embeddings, transfer_rule
 from ..explainers.tve_targets import backbone_digest
 from ..heads import HEAD_KINDS, head_logits
@@ -27,6 +28,10 @@ from ..precision import dtype_name
 from ..schema import SCALING_COLUMNS
 from .fidelity import evaluation_indices
 from .transfer import trivial_ratio
+
+if TYPE_CHECKING:
+    from ..explainers.base import Explainer
+    from .suite import Suite
 
 
 def budget_config(base: TVEConfig, **kw) -> TVEConfig:
@@ -124,7 +129,7 @@ def scaling_row(probe: ScalingProbe, cfg: TVEConfig, continues: TVEConfig | None
                            augment=cfg.augment, continued_from_images=n0, continued_from_epochs=e0)
 
 
-def scaling_budgets(profile) -> list[TVEConfig]:
+def scaling_budgets(profile: Profile) -> list[TVEConfig]:
     """Every budget of ``profile.scaling`` as a TVEConfig (dense first, then online)."""
     sc, base = profile.scaling, profile.tve
     out = [budget_config(base, sampler="dense", n_images=n, epochs=e) for n, e in sc.dense]
@@ -134,13 +139,13 @@ def scaling_budgets(profile) -> list[TVEConfig]:
     return out
 
 
-def continued_budgets(profile) -> list[TVEConfig]:
+def continued_budgets(profile: Profile) -> list[TVEConfig]:
     """Every budget of ``profile.scaling.continued``: the profile's TVEConfig with its images and epochs, each
     trained further from the profile's own explainer."""
     return [budget_config(profile.tve, n_images=n, epochs=e) for n, e in profile.scaling.continued]
 
 
-def run_scaling(suite, backbone: str, budgets: Sequence[TVEConfig], continued: Sequence[TVEConfig] = (),
+def run_scaling(suite: Suite, backbone: str, budgets: Sequence[TVEConfig], continued: Sequence[TVEConfig] = (),
                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows of ``tve/scaling.csv`` for ``backbone`` (one per budget, ``SCALING_COLUMNS`` first) and
     the per-setting scores behind them; ``continued`` budgets train the profile's explainer further."""
@@ -178,7 +183,7 @@ def _bench_batch(suite, backbone: str, batch_size: int):
 
 
 @torch.no_grad()
-def explain_ratio(suite, backbone: str, explainer, batch_size: int, repeats: int = 5) -> float:
+def explain_ratio(suite: Suite, backbone: str, explainer: Explainer, batch_size: int, repeats: int = 5) -> float:
     """Explanation throughput over one backbone inference (head included) on a batch of ``batch_size`` test
     images of the profile's first task (median of ``repeats`` timings each)."""
     bb, x, head = _bench_batch(suite, backbone, batch_size)
@@ -187,7 +192,7 @@ def explain_ratio(suite, backbone: str, explainer, batch_size: int, repeats: int
 
 
 @torch.no_grad()
-def shape_front(suite, backbones: Sequence[str], ablations: pd.DataFrame, batch_size: int = 32,
+def shape_front(suite: Suite, backbones: Sequence[str], ablations: pd.DataFrame, batch_size: int = 32,
                 repeats: int = 5) -> pd.DataFrame:
     """Per backbone and explainer shape (the ablation factor "explainer"): mean transfer Spearman
     and Fid⁺ AUC from ``ablations``, and explanation throughput over one backbone inference on a
