@@ -33,6 +33,7 @@ from ..heads import check_targets, last_linear
 from ..imagesets import ImageSet
 from ..io import save_torch
 from ..metrics import masked_embeddings
+from ..seeds import seeded
 from ..shapley import kernel_coalitions, kernel_shap
 from ..token_grids import resize_grid
 from .base import Explainer
@@ -81,8 +82,7 @@ class SelfExplainingModel(nn.Module):
         d = backbone.embed_dim
         # the heads are drawn from the seed alone (not from the global RNG state), so models of
         # any label space share the explanation head's initialisation
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.expl_head = ExplanationHead(d, d, cfg.expl_hidden)
             torch.manual_seed(seed + 1)
             self.cls_head = nn.Linear(d, num_classes)
