@@ -15,8 +15,11 @@ its larger side scaled to 54-90 % of the image's, rotated by up to 15 degrees, p
 0.6-1, and blurred as the low-resolution copies are: handwriting-like strokes from a source outside every task.
 ``"composite_strokes"`` splits that last third between those letters and scribbles: one to three random pen strokes
 per image (cubic Bezier curves and elliptic arcs, of a random width), drawn antialiased and blurred the same way:
-loops and bends that no font and no upstream item shows. Built once, deterministically, in memory; the rest of the set
-is untouched, so the explainer still sees the original distribution.
+loops and bends that no font and no upstream item shows. ``"composite_handwriting"`` has the letters of
+``"composite_glyphs"`` as its last third, each slanted by a shear and wobbled by a smooth random displacement field
+before the blur (`_warp`): the slant and uneven strokes of handwriting, still no digit. Built once,
+deterministically, in memory; the rest of the set is untouched, so the explainer still sees the original
+distribution.
 """
 
 from __future__ import annotations
